@@ -1,0 +1,190 @@
+"""The FBPINN model: windowed sums of subdomain networks, their derivatives, the constraint.
+
+    u(x) = A(x) + B(x) * (1/L) sum_levels sum_j w_j(x) * s * NN_j((x - c_j) / h_j)
+
+``A + B * .`` is the problem's hard-constraint ansatz (``A = 0, B = 1`` without one),
+``s`` its output scale and ``w_j`` the normalised windows of :mod:`fbpinn.decomposition`.
+
+Everything that does not depend on the trainable parameters -- which subdomains
+cover which point, the windows and their derivatives, the normalised inputs, the
+ansatz's ``A`` and ``B`` and their derivatives -- is computed once per point set by
+:meth:`FBPINN.prepare`.  A training step then runs :meth:`FBPINN.forward`: one
+forward-mode pass through the stacked networks, the product rule with the windows,
+a scatter-add onto the points and the ansatz.  Used by :mod:`fbpinn.trainer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .derivatives import Activation, ProductRule, TaylorTables, autograd_derivatives, closure
+from .networks import StackedMLP
+
+
+@dataclass
+class LevelBlock:
+    """The (point, subdomain) pairs of one level, padded per subdomain to M."""
+
+    index: torch.Tensor  # (J*M,) point index of each slot; N marks padding
+    t_in: torch.Tensor  # (J, K, M, d) normalised inputs and their x-derivatives
+    win: torch.Tensor  # (K, J, M) normalised window and its derivatives
+
+
+@dataclass
+class Batch:
+    """A point set prepared for evaluation with the derivatives ``orders``."""
+
+    x: torch.Tensor  # (N, d)
+    orders: list
+    blocks: list  # one LevelBlock per level
+    a: torch.Tensor | None  # (K, N) ansatz offset and its derivatives
+    b: torch.Tensor | None  # (K, N) ansatz factor and its derivatives
+    tables: TaylorTables
+    rule: ProductRule
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    def pairs(self) -> int:
+        """Number of padded (point, subdomain) slots evaluated per pass."""
+        return sum(b.index.numel() for b in self.blocks)
+
+
+class FBPINN(nn.Module):
+    """Finite-basis PINN over the levels of a decomposition.
+
+    Parameters
+    ----------
+    problem : a :class:`fbpinn.problems.Problem`.
+    levels : list of :class:`fbpinn.decomposition.Level`.
+    hidden : hidden layer widths of every subdomain network.
+    activation : activation name.
+    generator : seeded torch generator for initial weights.
+    held : optional list (one per level) of global subdomain indices to hold;
+        all by default.
+    """
+
+    def __init__(self, problem, levels, hidden, activation: str, generator: torch.Generator,
+                 dtype=torch.float32, held=None):
+        super().__init__()
+        self.problem = problem
+        self.levels = list(levels)
+        self.activation = Activation(activation)
+        self.dtype = dtype
+        dim = problem.dim
+        held = held or [list(range(lv.n_subdomains)) for lv in self.levels]
+        self.nets = nn.ModuleList()
+        self._slot, self._centres, self._inv_h = [], [], []
+        for lv, ids in zip(self.levels, held):
+            ids = torch.as_tensor(sorted(ids), dtype=torch.long)
+            self.nets.append(StackedMLP([dim, *hidden, 1], lv.n_subdomains, ids, generator, dtype))
+            slot = torch.full((lv.n_subdomains,), -1, dtype=torch.long)
+            slot[ids] = torch.arange(len(ids))
+            self._slot.append(slot)
+            self._centres.append(lv.centres()[ids].to(dtype))  # (J, d)
+            self._inv_h.append(1.0 / lv.half_widths()[ids].to(dtype))  # (J, d)
+        self.scale = float(problem.output_scale)
+
+    # ------------------------------------------------------------------ preparation
+    def prepare(self, x: torch.Tensor, orders=((),)) -> Batch:
+        """Precompute everything parameter-independent for points ``x`` (N, d).
+
+        ``orders`` are the derivative multi-indices wanted; lower orders are added.
+        If ``x`` requires grad the result stays differentiable in ``x`` (value only).
+        """
+        orders = closure(orders)
+        differentiable = x.requires_grad
+        if differentiable and orders != [()]:
+            raise ValueError("a differentiable batch carries the value only; use autograd for derivatives")
+        x = x.to(self.dtype)
+        with torch.set_grad_enabled(differentiable):
+            blocks = [self._level_block(i, x, orders) for i in range(len(self.levels))]
+            a = b = None
+            if self.problem.has_constraint:
+                if differentiable:
+                    a, b = (v.unsqueeze(0) for v in self.problem.constraint(x))
+                else:
+                    with torch.enable_grad():
+                        a = self._stack(autograd_derivatives(lambda y: self.problem.constraint(y)[0], x, orders), orders)
+                        b = self._stack(autograd_derivatives(lambda y: self.problem.constraint(y)[1], x, orders), orders)
+        return Batch(x, orders, blocks, a, b, TaylorTables(orders), ProductRule(orders))
+
+    @staticmethod
+    def _stack(d: dict, orders) -> torch.Tensor:
+        return torch.stack([d[o].detach() for o in orders])  # (K, N)
+
+    def _level_block(self, i: int, x: torch.Tensor, orders) -> LevelBlock:
+        n, dim = x.shape
+        k = len(orders)
+        point, sub, win = self.levels[i].pairs(x, orders)
+        slot = self._slot[i][sub]
+        keep = slot >= 0
+        point, slot, win = point[keep], slot[keep], win[:, keep]
+        j = self.nets[i].n_held
+        counts = torch.bincount(slot, minlength=j)
+        m = max(int(counts.max()) if counts.numel() else 0, 1)
+        order = torch.argsort(slot, stable=True)
+        point, slot, win = point[order], slot[order], win[:, order]
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(len(slot)) - starts[slot]
+        index = torch.full((j, m), n, dtype=torch.long)
+        index[slot, pos] = point
+        win_pad = torch.zeros(k, j, m, dtype=x.dtype)
+        if win.requires_grad:
+            win_pad = win_pad.index_put((torch.arange(k)[:, None], slot[None], pos[None]), win)
+        else:
+            win_pad[:, slot, pos] = win
+        xp = torch.cat([x, torch.zeros(1, dim, dtype=x.dtype)])[index]  # (J, M, d)
+        z = (xp - self._centres[i][:, None]) * self._inv_h[i][:, None]  # (J, M, d)
+        if k == 1:
+            t_in = z.unsqueeze(1)
+        else:
+            t_in = torch.zeros(j, k, m, dim, dtype=x.dtype)
+            t_in[:, 0] = z
+            for kk, o in enumerate(orders):
+                if len(o) == 1:
+                    t_in[:, kk, :, o[0]] = self._inv_h[i][:, o[0]].unsqueeze(1)
+        return LevelBlock(index.reshape(-1), t_in, win_pad)
+
+    # ------------------------------------------------------------------ evaluation
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Solution and derivatives at the batch's points: (K, N), in ``batch.orders`` order."""
+        from .derivatives import mlp_taylor
+
+        k, n = len(batch.orders), batch.n
+        total = None
+        for net, block in zip(self.nets, batch.blocks):
+            out = mlp_taylor(list(net.weights), list(net.biases), block.t_in, batch.tables, self.activation)
+            out = out[..., 0].transpose(0, 1) * self.scale  # (K, J, M)
+            prod = batch.rule.apply(block.win, out).reshape(k, -1)  # (K, J*M)
+            summed = torch.zeros(k, n + 1, dtype=prod.dtype, device=prod.device).index_add(1, block.index, prod)
+            total = summed if total is None else total + summed
+        u = total[:, :n]
+        if len(self.levels) > 1:
+            u = u / len(self.levels)
+        if batch.a is not None:
+            u = batch.a + batch.rule.apply(batch.b, u)
+        return u
+
+    def value(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+        """Solution at ``x`` (N, d) without gradients, in chunks: (N,)."""
+        with torch.no_grad():
+            parts = [self.forward(self.prepare(x[i:i + chunk]))[0] for i in range(0, x.shape[0], chunk)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=self.dtype)
+
+    def autograd(self, x: torch.Tensor, orders) -> dict:
+        """Reference derivatives by nested autograd through windows, networks and ansatz."""
+        return autograd_derivatives(lambda y: self.forward(self.prepare(y))[0], x.to(self.dtype), orders)
+
+    def parameter_arrays(self) -> dict:
+        """Stacked weights per level and layer, as numpy arrays for the results file."""
+        out = {}
+        for i, net in enumerate(self.nets):
+            for l, (w, b) in enumerate(zip(net.weights, net.biases)):
+                out[f"level{i}/W{l}"] = w.detach().cpu().numpy()
+                out[f"level{i}/b{l}"] = b.detach().cpu().numpy()[:, 0, 0]
+        return out

@@ -1,0 +1,113 @@
+"""Problems: the differential equations fbpinn solves, registered by name.
+
+A problem is a small subclass of :class:`Problem`: its axes and domain, the
+derivatives its residual needs (by name, ``"u_tt"``), ``residual``, an optional
+hard-constraint ansatz ``u = A(x) + B(x) * u_hat``, the exact solution where known,
+extra loss terms (soft boundary conditions, observations) and learnable constants.
+Its ``Params`` dataclass lists the keys of the config's ``[problem]`` table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..domains import Box
+
+
+@dataclass
+class Params:
+    """Keys every problem accepts."""
+
+    output_scale: float | None = None  # s in u = sum w * s * NN; the problem's default if unset
+    physics: bool = True  # include the residual loss (false: fit observations only)
+
+
+@dataclass
+class Term:
+    """One loss term: ``weight * sum_i r(x_i)^2 / n_global``."""
+
+    name: str
+    x: torch.Tensor  # (n, d)
+    needs: tuple
+    residual: object  # callable(x, derivs) -> (n,)
+    weight: float = 1.0
+    n_global: int | None = None  # points in the whole term (all processes); len(x) if None
+
+
+class Derivs:
+    """Named view of a (K, N) stack of derivatives: ``d["u"]``, ``d["u_xx"]``."""
+
+    def __init__(self, stack: torch.Tensor, orders, axes):
+        self.stack, self.axes = stack, axes
+        self.pos = {o: k for k, o in enumerate(orders)}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from ..derivatives import parse
+
+        return self.stack[self.pos[parse(name, self.axes)]]
+
+
+class Problem:
+    """Base class of all problems; see the module docstring."""
+
+    name = "?"
+    axes: tuple = ("x",)
+    lo: tuple = (0.0,)
+    hi: tuple = (1.0,)
+    needs: tuple = ("u",)
+    default_output_scale = 1.0
+    Params = Params
+
+    def __init__(self, params: Params | None = None, dtype=torch.float64):
+        self.p = params if params is not None else self.Params()
+        self.dtype = dtype
+
+    @property
+    def dim(self) -> int:
+        return len(self.axes)
+
+    @property
+    def domain(self) -> Box:
+        return Box(self.lo, self.hi)
+
+    @property
+    def output_scale(self) -> float:
+        return self.default_output_scale if self.p.output_scale is None else self.p.output_scale
+
+    has_constraint = False
+
+    def constraint(self, x: torch.Tensor):
+        """Hard-constraint ansatz: ``(A, B)`` each (N,), with ``u = A + B * u_hat``."""
+        raise NotImplementedError
+
+    def residual(self, x: torch.Tensor, d: Derivs) -> torch.Tensor:
+        """Residual of the equation at ``x`` (N, d): (N,)."""
+        raise NotImplementedError
+
+    def exact(self, x: torch.Tensor):
+        """Exact solution at ``x`` (N, d) as (N,), or None when unknown."""
+        return None
+
+    def terms(self, generator: torch.Generator) -> list[Term]:
+        """Loss terms besides the residual (boundary conditions, observations)."""
+        return []
+
+    def parameters(self) -> dict:
+        """Learnable constants of the equation: name -> 0-d tensor requiring grad."""
+        return {}
+
+    def observations(self):
+        """Observed points and values ``(x (n, d), u (n,))`` used by a data term, or None."""
+        return None
+
+
+def all_problems() -> dict:
+    from ..registry import _REGISTRIES, _load_builtins
+
+    _load_builtins()
+    return dict(_REGISTRIES["problem"])
+
+
+from . import oscillator, sinusoids  # noqa: E402,F401  (register the built-in problems)

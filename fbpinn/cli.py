@@ -1,0 +1,146 @@
+"""The ``fbpinn`` command line: ``train``, ``plot``, ``info``, ``problems``.
+
+Every command has ``--help``.  Bad input (config, results file, argument) prints
+one line ``fbpinn: error: ...`` and exits with status 2; a run that fails while
+training exits with status 1.  No results file is written unless training finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("fbpinn")
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .io import write_results
+    from .trainer import train
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    logger.info("config %s -> %s", args.config, out / "run.h5")
+    run = train(cfg)
+    path = write_results(out / "run.h5", run)
+    final = run.history["rel_l2"][-1]
+    learned = "".join(f", learned {k} = {v:.6g}" for k, v in run.learned.items())
+    logger.info("wrote %s (rel_l2 %.3e%s, %.1f s)", path, final, learned, run.wall_time)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from . import plotting
+    from .io import read_results
+
+    for p in args.files:
+        read_results(p)  # validates every file before drawing anything
+    if len(args.files) > 1 or args.compare:
+        out = Path(args.compare or Path(args.files[0]).with_name("compare.png"))
+        path = plotting.plot_compare(args.files, out)
+        logger.info("wrote %s", path)
+    else:
+        for path in plotting.plot_run(args.files[0]):
+            logger.info("wrote %s", path)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .io import read_results
+
+    data = read_results(args.file)
+    a, tr = data["attrs"], data["training"]
+    print(f"{args.file}: problem {a['problem']}, fbpinn {a['fbpinn_version']}, schema {a['schema_version']}, "
+          f"{a['n_ranks']} rank(s)")
+    print(f"  ran {a['start_time']} .. {a['end_time']} ({float(a['wall_time']):.1f} s)")
+    for name, g in data["decomposition"].items():
+        if name.startswith("level"):
+            print(f"  {name}: {len(g['centres'])} subdomains, grid {g['attrs']['shape'].tolist()}")
+    print(f"  steps {int(tr['step'][-1])}, final loss {tr['loss'][-1]:.4e}, final rel_l2 {tr['rel_l2'][-1]:.4e}")
+    for name, value in data.get("learned", {}).items():
+        if name != "attrs":
+            print(f"  learned {name} = {float(value):.6g}")
+    if args.config:
+        print(a["config"])
+    return 0
+
+
+def cmd_problems(args) -> int:
+    from .problems import all_problems
+
+    for name, cls in sorted(all_problems().items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:30s} {doc}")
+    return 0
+
+
+class UsageError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fbpinn", description="Finite Basis PINNs: train, plot and inspect runs.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model from a TOML config",
+                       description="Train the model a TOML config describes and write DIR/run.h5.")
+    t.add_argument("config", help="TOML config file (see docs/config.md)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set training.steps=2000 (repeatable)")
+    t.add_argument("--out", metavar="DIR", help="results folder (default: output.dir or results/<config stem>)")
+    t.set_defaults(func=cmd_train)
+
+    pl = sub.add_parser("plot", help="draw PNG figures from results files",
+                        description="With one file: PNGs beside it (solution vs exact, error, subdomains and "
+                                    "windows, loss and test error). With several, or --compare: one figure "
+                                    "overlaying their solutions.")
+    pl.add_argument("files", nargs="+", help="run.h5 files")
+    pl.add_argument("--compare", metavar="PNG", help="write a comparison figure of all files to PNG")
+    pl.set_defaults(func=cmd_plot)
+
+    i = sub.add_parser("info", help="summarise a results file", description="Print a summary of a run.h5 file.")
+    i.add_argument("file", help="run.h5 file")
+    i.add_argument("--config", action="store_true", help="also print the resolved config")
+    i.set_defaults(func=cmd_info)
+
+    pr = sub.add_parser("problems", help="list the registered problems", description="List the problems by name.")
+    pr.set_defaults(func=cmd_problems)
+    return p
+
+
+def main(argv=None) -> int:
+    from .config import ConfigError
+    from .io import ResultsError
+    from .trainer import TrainingError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ConfigError, ResultsError, UsageError) as e:
+        print(f"fbpinn: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingError as e:
+        print(f"fbpinn: training failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("fbpinn: interrupted; no results written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

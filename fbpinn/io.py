@@ -81,8 +81,8 @@ def _fill(f: h5py.File, run, n_ranks: int) -> None:
 
     sol = f.create_group("solution")
     shape = tuple(cfg.test.points)
-    for d, name in enumerate(problem.axes):
-        sol[f"axis_{name}"] = np.unique(run.x_test[:, d].double().numpy())
+    for name, axis in zip(problem.axes, problem.domain.grid_axes(shape)):
+        sol[f"axis_{name}"] = axis.numpy()
     sol["u"] = run.u_test.double().numpy().reshape(shape)
     if run.u_exact is not None:
         sol["exact"] = run.u_exact.numpy().reshape(shape)

@@ -57,7 +57,11 @@ class Run:
 
 
 def configure_threads(threads: int) -> int:
-    """Set torch's CPU threads: the config's value, else OMP_NUM_THREADS, else torch's default."""
+    """Set torch's CPU threads: the config's value, else OMP_NUM_THREADS, else torch's default.
+
+    Also flushes denormal floats to zero: window tails and tiny Adam moments produce them
+    in float32, and arithmetic on them is up to a hundred times slower on x86 CPUs."""
+    torch.set_flush_denormal(True)
     if threads > 0:
         torch.set_num_threads(threads)
     elif os.environ.get("OMP_NUM_THREADS"):
@@ -95,11 +99,12 @@ class Trainer:
         self.resample()
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
         self.optimizer = torch.optim.Adam(self.params, lr=tr.lr, fused=True)
-        self.x_test = self.problem.domain.grid(cfg.test.points, self.dtype)  # (N_test, d)
+        self.x_test = self.problem.domain.grid(cfg.test.points)  # (N_test, d) float64
         exact = self.problem.exact(self.x_test)
         self.u_exact = None if exact is None else exact.double()
         self.test_batch = self.model.prepare(self.x_test) if self.x_test.shape[0] <= 2**20 else None
-        self._loss = torch.compile(self._loss_impl) if tr.compile else self._loss_impl
+        self._loss = self._compiled_loss if tr.compile else self._loss_impl
+        self._compiled = None
 
     def resample(self) -> None:
         """(Re)draw collocation points and prepare every term's batch."""
@@ -127,6 +132,18 @@ class Trainer:
             parts.append(term.weight * (r * r).sum() / (term.n_global or r.shape[0]))
         parts = torch.stack(parts)
         return parts.sum(), parts
+
+    def _compiled_loss(self):
+        """The loss through torch.compile; falls back to eager if compilation fails."""
+        if self._compiled is None:
+            self._compiled = torch.compile(self._loss_impl)
+            try:
+                return self._compiled()
+            except Exception as e:  # no C++ compiler, unsupported platform, ...
+                logger.warning("torch.compile failed (%s); training without compilation", str(e).splitlines()[0])
+                self._loss = self._loss_impl
+                return self._loss_impl()
+        return self._compiled()
 
     def evaluate(self):
         """Solution on the test grid and its relative L2 error (nan without an exact solution)."""
@@ -176,14 +193,14 @@ class Trainer:
                 t_log, step_log = now, step
                 eta = (tr.steps - step) / rate if rate > 0 else 0.0
                 err_text = f"  rel_l2 {hist['rel_l2'][-1]:.3e}" if hist["step"][-1] == step else ""
-                learned = "".join(f"  {k} {float(v):.5g}" for k, v in self.problem.parameters().items())
+                learned = "".join(f"  {k} {v.item():.5g}" for k, v in self.problem.parameters().items())
                 logger.info("step %*d/%d  loss %.4e%s%s  %.0f steps/s  ETA %s", len(str(tr.steps)), step,
                             tr.steps, value, err_text, learned, rate, _hms(eta))
         run.wall_time = time.perf_counter() - t0
         run.history = hist
         run.u_test, _ = self.evaluate()
         run.x_test, run.u_exact = self.x_test, self.u_exact
-        run.learned = {k: float(v) for k, v in self.problem.parameters().items()}
+        run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
         return run
 
 

@@ -1,0 +1,355 @@
+"""Figures of finished runs, drawn from their HDF5 results files alone.
+
+:func:`plot_run` writes PNGs beside one ``run.h5``:
+
+    solution.png       predicted u against the exact solution on the test grid (1-D: lines;
+                       2-D: heat maps of u, exact and error; 3-D and up: a few slices along
+                       the last axis), observations as dots
+    error.png          |u - exact| on the test grid (only when the exact solution is known)
+    decomposition.png  1-D: every subdomain's normalised window and extent; 2-D and up: the
+                       subdomain rectangles over the domain box (first two axes)
+    training.png       loss and test relative L2 against the step
+
+:func:`plot_compare` overlays the solutions of several 1-D runs in one figure, e.g. a
+network fitted to data alone against a physics-informed one.  Both are called by
+``fbpinn plot`` (:mod:`fbpinn.cli`).  Windows are recomputed from the decomposition
+attributes with :class:`fbpinn.decomposition.Level`.  Matplotlib draws on the Agg
+backend and every figure is closed after saving.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from .decomposition import Level  # noqa: E402
+from .domains import Box  # noqa: E402
+from .io import ResultsError, read_results  # noqa: E402
+
+DPI = 120
+N_SLICES = 3  # slices along the last axis drawn for 3-D and higher problems
+N_WINDOW_POINTS = 600  # points at which 1-D windows are drawn
+
+
+# ----------------------------------------------------------------------------- public
+def plot_run(path) -> list[Path]:
+    """Draw the figures of one run beside its results file.
+
+    Parameters
+    ----------
+    path : a ``run.h5`` written by :func:`fbpinn.io.write_results`.
+
+    Returns
+    -------
+    The written PNG paths: solution, error (only with an exact solution),
+    decomposition and training.
+    """
+    path = Path(path)
+    data = read_results(path)
+    folder = path.parent
+    written = [_plot_solution(data, folder / "solution.png")]
+    if "exact" in data["solution"]:
+        written.append(_plot_error(data, folder / "error.png"))
+    written.append(_plot_decomposition(data, folder / "decomposition.png"))
+    written.append(_plot_training(data, folder / "training.png"))
+    return written
+
+
+def plot_compare(paths, out) -> Path:
+    """Overlay the solutions of several 1-D runs in one figure.
+
+    The exact solution (from the first run that has one) is drawn once in grey; each
+    run gets a line and its observations as dots, labelled with its folder name, final
+    rel L2 and whether the physics loss was on.
+
+    Parameters
+    ----------
+    paths : results files of 1-D problems.
+    out : PNG to write (its folder is created).
+
+    Raises
+    ------
+    ValueError (a :class:`fbpinn.io.ResultsError`) when a file's problem is not 1-D.
+    """
+    runs = [(Path(p), read_results(p)) for p in paths]
+    if not runs:
+        raise ValueError("plot_compare needs at least one results file")
+    for p, data in runs:
+        axes = _axis_names(data)
+        if len(axes) != 1:
+            raise ResultsError(f"{p}: comparison plots need 1-D problems; problem {data['attrs']['problem']!r} "
+                               f"has {len(axes)} axes ({', '.join(axes)})")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _figure(out, figsize=(9, 5)) as (fig, axs):
+        ax = axs[0, 0]
+        exact = next(((d["solution"][f"axis_{_axis_names(d)[0]}"], d["solution"]["exact"])
+                      for _, d in runs if "exact" in d["solution"]), None)
+        if exact is not None:
+            ax.plot(*exact, color="0.6", lw=3, label="exact", zorder=1)
+        for i, (p, data) in enumerate(runs):
+            colour = f"C{i}"
+            physics = {True: "on", False: "off", None: "?"}[_physics(data)]
+            label = f"{p.resolve().parent.name}: rel L2 {_fmt(_final_rel_l2(data))}, physics {physics}"
+            ax.plot(_grid(data)[0], data["solution"]["u"], color=colour, lw=1.5, label=label, zorder=2)
+            obs = data.get("observations")
+            if obs is not None:
+                ax.scatter(obs["x"][:, 0], obs["u"], s=22, color=colour, edgecolor="k", linewidth=0.5,
+                           zorder=3, label=f"{p.resolve().parent.name}: {len(obs['u'])} observations")
+        if exact is not None:
+            lo, hi = float(np.min(exact[1])), float(np.max(exact[1]))
+            pad = 0.5 * (hi - lo) if hi > lo else 1.0
+            ax.set_ylim(lo - pad, hi + pad)  # a diverging run must not flatten the exact curve
+        ax.set_xlabel(_axis_names(runs[0][1])[0])
+        ax.set_ylabel("u")
+        problems = sorted({d["attrs"]["problem"] for _, d in runs})
+        ax.set_title(f"{', '.join(problems)}: {len(runs)} runs compared")
+        ax.legend(fontsize=8)
+    return out
+
+
+# ----------------------------------------------------------------------------- figures
+def _plot_solution(data, path: Path) -> Path:
+    sol, axes = data["solution"], _axis_names(data)
+    title = _title(data) + "".join(f", learned {k} = {v:.5g}" for k, v in _learned(data).items())
+    fields = [("u (FBPINN)", sol["u"], "value")]
+    if "exact" in sol:
+        fields += [("exact", sol["exact"], "value"), ("error u - exact", sol["u"] - sol["exact"], "signed")]
+    obs = data.get("observations")
+    if len(axes) == 1:
+        with _figure(path, figsize=(8, 4.5)) as (fig, axs):
+            ax = axs[0, 0]
+            x = _grid(data)[0]
+            if "exact" in sol:
+                ax.plot(x, sol["exact"], color="0.6", lw=3, label="exact")
+            ax.plot(x, sol["u"], color="C0", lw=1.5, label="FBPINN")
+            if obs is not None:
+                ax.scatter(obs["x"][:, 0], obs["u"], s=22, color="C3", edgecolor="k", linewidth=0.5, zorder=3,
+                           label=f"{len(obs['u'])} observations")
+            ax.set_xlabel(axes[0])
+            ax.set_ylabel("u")
+            ax.legend(fontsize=9)
+            ax.set_title(title, fontsize=10)
+        return path
+    return _heatmaps(data, path, fields, title, obs)
+
+
+def _plot_error(data, path: Path) -> Path:
+    sol, axes = data["solution"], _axis_names(data)
+    err = np.abs(sol["u"] - sol["exact"])
+    title = _title(data)
+    if len(axes) > 1:
+        return _heatmaps(data, path, [("|u - exact|", err, "positive")], title, None)
+    with _figure(path, figsize=(8, 4.5)) as (fig, axs):
+        ax = axs[0, 0]
+        ax.semilogy(_grid(data)[0], err, color="C3", lw=1.2)
+        obs = data.get("observations")
+        if obs is not None and len(obs["u"]):
+            ax.axvspan(obs["x"][:, 0].min(), obs["x"][:, 0].max(), color="C2", alpha=0.15, label="observed range")
+            ax.legend(fontsize=9)
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel("|u - exact|")
+        ax.set_title(title, fontsize=10)
+    return path
+
+
+def _plot_decomposition(data, path: Path) -> Path:
+    dec, axes = data["decomposition"], _axis_names(data)
+    lo, hi = np.asarray(dec["attrs"]["domain_lo"], float), np.asarray(dec["attrs"]["domain_hi"], float)
+    levels = sorted((k for k in dec if k.startswith("level") and isinstance(dec[k], dict)), key=lambda k: int(k[5:]))
+    title = f"{data['attrs']['problem']}: decomposition, window {dec['attrs']['window']}, " \
+            f"overlap {float(dec['attrs']['overlap']):.3g}"
+    if len(axes) == 1:
+        with _figure(path, nrows=len(levels), figsize=(8, 2.2 + 2.6 * len(levels))) as (fig, axs):
+            for ax, name in zip(axs[:, 0], levels):
+                _windows_1d(ax, dec, name, lo, hi)
+                ax.set_xlabel(axes[0])
+                ax.set_title(f"{title}\n{name}: {len(dec[name]['centres'])} subdomains", fontsize=10)
+        return path
+    with _figure(path, ncols=len(levels), figsize=(6 * len(levels), 5.5)) as (fig, axs):
+        for ax, name in zip(axs[0], levels):
+            _rectangles_2d(ax, dec[name], lo, hi)
+            ax.set_xlabel(axes[0])
+            ax.set_ylabel(axes[1])
+            note = f" (projection onto {axes[0]}, {axes[1]})" if len(axes) > 2 else ""
+            ax.set_title(f"{title}\n{name}: {len(dec[name]['centres'])} subdomains{note}", fontsize=10)
+    return path
+
+
+def _plot_training(data, path: Path) -> Path:
+    tr = data["training"]
+    step, loss, rel = tr["step"], tr["loss"], tr["rel_l2"]
+    finite = np.isfinite(rel)
+    with _figure(path, ncols=2 if finite.any() else 1, figsize=(12 if finite.any() else 7, 4.5)) as (fig, axs):
+        ax = axs[0, 0]
+        per_step = tr.get("loss_per_step")
+        if per_step is not None and len(per_step):
+            ax.plot(np.arange(1, len(per_step) + 1), per_step, color="C0", alpha=0.3, lw=0.8, label="every step")
+        ax.plot(step, loss, "o-", color="C0", ms=4, label="at evaluations")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend(fontsize=9)
+        ax.set_title(f"{data['attrs']['problem']}: loss (final {_fmt(loss[-1] if len(loss) else math.nan)})",
+                     fontsize=10)
+        if finite.any():
+            ax = axs[0, 1]
+            ax.plot(step[finite], rel[finite], "o-", color="C3", ms=4)
+            ax.set_yscale("log")
+            ax.set_xlabel("step")
+            ax.set_ylabel("test relative L2 error")
+            ax.set_title(_title(data), fontsize=10)
+    return path
+
+
+# ----------------------------------------------------------------------------- pieces
+def _windows_1d(ax, dec, name, lo, hi) -> None:
+    """Normalised windows of one 1-D level on the domain, extents as bars below them."""
+    level = Level(Box(lo, hi), dec[name]["attrs"]["shape"].tolist(), float(dec["attrs"]["overlap"]),
+                  str(dec["attrs"]["window"]))
+    x = torch.linspace(float(lo[0]), float(hi[0]), N_WINDOW_POINTS, dtype=torch.float64)[:, None]  # (N, 1)
+    point, sub, win = level.pairs(x, [()])
+    w = np.zeros((level.n_subdomains, len(x)))  # (J, N)
+    w[sub.numpy(), point.numpy()] = win[0].numpy()
+    centres, half = dec[name]["centres"][:, 0], dec[name]["half_widths"][:, 0]  # (J,)
+    for j in range(level.n_subdomains):
+        colour = f"C{j % 10}"
+        ax.plot(x[:, 0].numpy(), w[j], color=colour, lw=1.3)
+        y = -0.08 - 0.06 * j
+        ax.plot([centres[j] - half[j], centres[j] + half[j]], [y, y], color=colour, lw=3, solid_capstyle="butt")
+        ax.plot(centres[j], y, "|", color="k", ms=7)
+    ax.plot(x[:, 0].numpy(), w.sum(0), color="k", ls=":", lw=1, label="sum of windows")
+    for edge in (lo[0], hi[0]):
+        ax.axvline(edge, color="0.4", ls="--", lw=0.8)
+    ax.set_ylabel("normalised window")
+    ax.set_ylim(-0.12 - 0.06 * level.n_subdomains, 1.15)
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def _rectangles_2d(ax, level, lo, hi) -> None:
+    """Subdomain rectangles (first two axes) over the domain box, centres marked."""
+    centres, half = level["centres"][:, :2], level["half_widths"][:, :2]  # (J, 2)
+    for j, (c, h) in enumerate(zip(centres, half)):
+        colour = f"C{j % 10}"
+        ax.add_patch(Rectangle(c - h, 2 * h[0], 2 * h[1], facecolor=to_rgba(colour, 0.1), edgecolor=colour, lw=1.5))
+    ax.add_patch(Rectangle(lo[:2], hi[0] - lo[0], hi[1] - lo[1], fill=False, edgecolor="k", lw=2.2,
+                           label="domain"))
+    ax.plot(centres[:, 0], centres[:, 1], "kx", ms=6, label="centres")
+    ext_lo = np.minimum(lo[:2], (centres - half).min(0))
+    ext_hi = np.maximum(hi[:2], (centres + half).max(0))
+    pad = 0.05 * (ext_hi - ext_lo)
+    ax.set_xlim(ext_lo[0] - pad[0], ext_hi[0] + pad[0])
+    ax.set_ylim(ext_lo[1] - pad[1], ext_hi[1] + pad[1])
+    ax.set_aspect("equal")
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def _heatmaps(data, path: Path, fields, title: str, obs) -> Path:
+    """Heat maps of ``fields`` (label, array, kind) over the first two axes.
+
+    2-D problems: one panel per field side by side.  Higher dimensions: one row per
+    field, one column per slice along the last axis (middle index of the others);
+    observations are drawn on 2-D panels only.
+    """
+    axes, grid = _axis_names(data), _grid(data)
+    if len(axes) == 2:
+        slices = [((slice(None), slice(None)), "")]
+    else:
+        n_last = len(grid[-1])
+        ks = sorted(set(np.linspace(0, n_last - 1, N_SLICES).round().astype(int).tolist()))
+        mid = tuple(len(g) // 2 for g in grid[2:-1])
+        slices = [((slice(None), slice(None), *mid, k), f"{axes[-1]} = {grid[-1][k]:.3g}") for k in ks]
+    n_rows, n_cols = (1, len(fields)) if len(slices) == 1 else (len(fields), len(slices))
+    x0, x1 = np.meshgrid(grid[0], grid[1], indexing="ij")  # (n0, n1)
+    size = (5.2 * n_cols, 4.2 * n_rows + 0.6)
+    with _figure(path, nrows=n_rows, ncols=n_cols, figsize=size, suptitle=title) as (fig, axs):
+        for f, (label, z, kind) in enumerate(fields):
+            vmin, vmax, cmap = _colour_range(z, kind, fields)
+            for s, (index, where) in enumerate(slices):
+                ax = axs.flat[f] if len(slices) == 1 else axs[f, s]
+                mesh = ax.pcolormesh(x0, x1, z[index], shading="auto", cmap=cmap, vmin=vmin, vmax=vmax)
+                fig.colorbar(mesh, ax=ax)
+                if obs is not None and len(slices) == 1 and len(obs["u"]):
+                    ax.scatter(obs["x"][:, 0], obs["x"][:, 1], s=14, color="w", edgecolor="k", linewidth=0.6,
+                               label="observations")
+                    ax.legend(fontsize=8, loc="upper right")
+                ax.set_xlabel(axes[0])
+                ax.set_ylabel(axes[1])
+                ax.set_title(f"{label}, {where}" if where else label, fontsize=10)
+    return path
+
+
+def _colour_range(z, kind, fields):
+    """(vmin, vmax, cmap): values share one scale; signed errors are symmetric about 0."""
+    if kind == "signed":
+        m = float(np.max(np.abs(z))) or 1.0
+        return -m, m, "RdBu_r"
+    if kind == "positive":
+        return 0.0, float(np.max(z)) or 1.0, "magma"
+    values = [v for _, v, k in fields if k == "value"]
+    return min(float(np.min(v)) for v in values), max(float(np.max(v)) for v in values), "viridis"
+
+
+@contextmanager
+def _figure(path: Path, nrows: int = 1, ncols: int = 1, figsize=(8, 4.5), suptitle: str = ""):
+    """A figure with a (nrows, ncols) array of axes, saved to ``path`` and always closed."""
+    fig, axs = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
+    try:
+        yield fig, axs
+        if suptitle:
+            fig.suptitle(suptitle, fontsize=11)
+            fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figsize[1]))  # room for the suptitle
+        else:
+            fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- reading
+def _axis_names(data) -> list[str]:
+    return str(data["attrs"]["axes"]).split(",")
+
+
+def _grid(data) -> list[np.ndarray]:
+    """Test-grid coordinate vectors, one per axis, in axis order."""
+    return [data["solution"][f"axis_{a}"] for a in _axis_names(data)]
+
+
+def _final_rel_l2(data) -> float:
+    rel = data["training"]["rel_l2"]
+    return float(rel[-1]) if len(rel) else math.nan
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3e}" if math.isfinite(v) else "n/a"
+
+
+def _title(data) -> str:
+    rel = _final_rel_l2(data)
+    tail = f"final rel L2 {rel:.3e}" if math.isfinite(rel) else "no exact solution (rel L2 n/a)"
+    return f"{data['attrs']['problem']}: {tail}"
+
+
+def _learned(data) -> dict:
+    g = data.get("learned", {})
+    return {k: float(v) for k, v in g.items() if k != "attrs" and not k.endswith(".attrs")}
+
+
+def _physics(data):
+    """problem.physics from the stored TOML config (True by default); None if unreadable."""
+    try:
+        return bool(tomllib.loads(str(data["attrs"]["config"])).get("problem", {}).get("physics", True))
+    except (KeyError, tomllib.TOMLDecodeError):
+        return None

@@ -1,0 +1,25 @@
+"""Shared helpers for the tests."""
+
+import pytest
+import torch
+
+import fbpinn
+
+
+def make_config(problem: dict, subdomains, hidden=(16,), steps=100, points=None, **training):
+    """A validated config from a few settings (float64 unless given)."""
+    training = {"steps": steps, "dtype": "float64", "log_every": 10**6, **training}
+    if points is not None:
+        training["points"] = list(points)
+    return fbpinn.load_config(data={
+        "problem": problem,
+        "decomposition": {"subdomains": list(subdomains), "overlap": training.pop("overlap", 2.99)},
+        "network": {"hidden": list(hidden)},
+        "training": training,
+    })
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+    yield

@@ -1,0 +1,93 @@
+"""The fast forward-mode derivative path against nested autograd (float64)."""
+
+import pytest
+import torch
+
+from fbpinn.decomposition import Level
+from fbpinn.derivatives import closure, parse
+from fbpinn.domains import Box
+from fbpinn.model import FBPINN
+from fbpinn.problems import Problem
+from fbpinn.registry import names
+
+
+class Plain(Problem):
+    """A problem with no ansatz (u = u_hat)."""
+
+    def __init__(self, lo, hi, scale=1.0):
+        super().__init__()
+        self.lo, self.hi, self.axes = tuple(lo), tuple(hi), tuple("xyz"[: len(lo)])
+        self.default_output_scale = scale
+
+
+class Ansatz(Plain):
+    has_constraint = True
+
+    def constraint(self, x):
+        a = torch.sin(x[:, 0]) * x[:, -1] ** 2
+        b = torch.tanh(2 * x[:, 0]) * torch.cos(x[:, -1])
+        return a, b
+
+
+def check(model, x, orders, tol=1e-10):
+    batch = model.prepare(x, orders)
+    fast = model(batch)
+    ref = model.autograd(x, batch.orders)
+    for k, o in enumerate(batch.orders):
+        scale = ref[o].abs().max().item()
+        assert scale > 0
+        err = (fast[k] - ref[o]).abs().max().item() / scale
+        assert err <= tol, f"derivative {o}: relative error {err:.2e}"
+    return fast
+
+
+@pytest.mark.parametrize("window", names("window"))
+@pytest.mark.parametrize("activation", ["tanh", "sin", "gelu"])
+def test_1d(window, activation):
+    prob = Ansatz([0.0], [1.0], scale=0.5)
+    level = Level(prob.domain, [6], 2.5, window)
+    model = FBPINN(prob, [level], [16, 16], activation, torch.Generator().manual_seed(0), torch.float64)
+    x = torch.linspace(0, 1, 301, dtype=torch.float64)[:, None]
+    check(model, x, [(0,), (0, 0)])
+
+
+@pytest.mark.parametrize("problem_cls", [Plain, Ansatz])
+def test_2d_mixed(problem_cls):
+    prob = problem_cls([0.0, -1.0], [2.0, 1.0])
+    level = Level(prob.domain, [4, 3], 1.9)
+    model = FBPINN(prob, [level], [12, 12], "tanh", torch.Generator().manual_seed(1), torch.float64)
+    x = torch.rand(400, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    x = x * torch.tensor([2.0, 2.0], dtype=torch.float64) + torch.tensor([0.0, -1.0], dtype=torch.float64)
+    check(model, x, [(0,), (1,), (0, 0), (0, 1), (1, 1)])
+
+
+def test_3d_and_multilevel():
+    prob = Ansatz([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    levels = [Level(prob.domain, [1, 1, 1], 1.9), Level(prob.domain, [2, 3, 2], 1.9)]
+    model = FBPINN(prob, levels, [8], "tanh", torch.Generator().manual_seed(3), torch.float64)
+    x = torch.rand(200, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    check(model, x, [(0, 2), (1, 1), (2,)])
+
+
+def test_subset_of_subdomains_is_a_partial_sum():
+    # Holding a subset (as a process does under MPI) sums only those subdomains:
+    # the two halves add up to the whole.
+    prob = Plain([0.0], [1.0])
+    level = Level(prob.domain, [8], 2.5)
+    x = torch.linspace(0, 1, 101, dtype=torch.float64)[:, None]
+    full = FBPINN(prob, [level], [8], "tanh", torch.Generator().manual_seed(5), torch.float64)
+    parts = [FBPINN(prob, [level], [8], "tanh", torch.Generator().manual_seed(5), torch.float64, held=[ids])
+             for ids in (range(0, 3), range(3, 8))]
+    total = sum(m(m.prepare(x, [(0, 0)])) for m in parts)
+    assert torch.allclose(total, full(full.prepare(x, [(0, 0)])), rtol=0, atol=1e-12)
+
+
+def test_names_and_closure():
+    assert parse("u", ("x", "t")) == ()
+    assert parse("u_tx", ("x", "t")) == (0, 1)
+    assert parse("u_tt", ("x", "t")) == (1, 1)
+    with pytest.raises(ValueError, match="axis"):
+        parse("u_z", ("x", "t"))
+    assert closure([(0, 1)]) == [(), (0,), (1,), (0, 1)]
+    with pytest.raises(ValueError, match="order"):
+        closure([(0, 0, 0)])

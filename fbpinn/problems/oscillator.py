@@ -121,6 +121,7 @@ class HarmonicOscillator(Problem):
 class InverseParams(OscillatorParams):
     observations: int = 15
     noise: float = 0.01
+    data_weight: float = 1e5
     learn_mu: bool = True
 
 

@@ -2,7 +2,7 @@
 
 Public API::
 
-    from fbpinn import load_config, train, load_results
+    from fbpinn import load_config, train, save_results, load_results
     cfg = load_config("configs/cos1d.toml", overrides=["training.steps=2000"])
     run = train(cfg)                       # a trained fbpinn.trainer.Run
     save_results("results/cos1d/run.h5", run)

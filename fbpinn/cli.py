@@ -31,7 +31,7 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.set)
     out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
+        raise UsageError(f"results folder {out} exists and is not a folder")
     logger.info("config %s -> %s", args.config, out / "run.h5")
     run = train(cfg)
     path = write_results(out / "run.h5", run)

@@ -52,7 +52,7 @@ class NetworkConfig:
 class TrainingConfig:
     steps: int = 10000
     lr: float = 1e-3
-    lr_decay: float = 1.0  # lr is multiplied by this every decay_steps steps
+    lr_decay: float = 1.0  # lr(step) = lr * lr_decay ** ((step - 1) / decay_steps), a smooth decay
     decay_steps: int = 1000
     dtype: str = "float32"
     seed: int = 0
@@ -62,7 +62,7 @@ class TrainingConfig:
     log_every: int = 1000
     eval_every: int = 1000
     threads: int = 0  # torch CPU threads; 0: all cores (or OMP_NUM_THREADS)
-    compile: bool = False  # torch.compile the training step
+    compile: bool = False  # torch.compile the loss and its backward (falls back to eager on failure)
 
 
 @dataclass

@@ -36,6 +36,9 @@ def write_results(path, run, n_ranks: int = 1) -> Path:
     try:
         with h5py.File(tmp, "w") as f:
             _fill(f, run, n_ranks)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -145,6 +145,20 @@ class Trainer:
                 return self._loss_impl()
         return self._compiled()
 
+    def step(self, step: int):
+        """One optimisation step (1-based ``step``); returns (loss, loss per term, lr)."""
+        tr = self.cfg.training
+        if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0:
+            self.resample()
+        lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, parts = self._loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item(), parts, lr
+
     def evaluate(self):
         """Solution on the test grid and its relative L2 error (nan without an exact solution)."""
         with torch.no_grad():
@@ -163,16 +177,7 @@ class Trainer:
         t0 = time.perf_counter()
         t_log, step_log = t0, 0
         for step in range(1, tr.steps + 1):
-            if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0:
-                self.resample()
-            lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            loss, parts = self._loss()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            value = loss.item()
+            value, parts, lr = self.step(step)
             run.loss_per_step.append(value)
             if not math.isfinite(value):
                 raise TrainingError(f"loss became {value} at step {step} (terms: "

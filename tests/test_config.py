@@ -61,8 +61,18 @@ def test_oscillator_value_checks():
         load_config(data={"problem": {"name": "harmonic_oscillator", "constraint": "weak"}})
     with pytest.raises(ConfigError, match="problem.mu: must give an under-damped"):
         load_config(data={"problem": {"name": "harmonic_oscillator", "mu": 50.0}})
-    with pytest.raises(ConfigError, match="problem.physics: false needs observations"):
+    with pytest.raises(ConfigError, match="problem.physics: false leaves nothing to fit"):
         load_config(data={"problem": {"name": "harmonic_oscillator", "physics": False}})
+    with pytest.raises(ConfigError, match="problem.physics: false leaves nothing to fit"):
+        load_config(data={"problem": {"name": "cos1d", "physics": False}})
+    with pytest.raises(ConfigError, match="problem.sigma: must be positive, got 0.0"):
+        load_config(data={"problem": {"name": "harmonic_oscillator", "sigma": 0.0}})
+    with pytest.raises(ConfigError, match="problem.output_scale: must be positive, got 0.0"):
+        load_config(data={"problem": {"name": "cos1d", "output_scale": 0.0}})
+    with pytest.raises(ConfigError, match="problem.noise: must be >= 0"):
+        load_config(data={"problem": {"name": "harmonic_oscillator_inverse", "noise": -0.1}})
+    with pytest.raises(ConfigError, match="problem.ic_weights: must be >= 0"):
+        load_config(data={"problem": {"name": "harmonic_oscillator", "ic_weights": [1.0, -1.0]}})
 
 
 def test_overrides(tmp_path):

@@ -1,5 +1,7 @@
 """Results files: written, read back, validated."""
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -42,6 +44,15 @@ def test_round_trip(run, tmp_path):
     assert float(data["learned"]["mu"]) == pytest.approx(run.learned["mu"])
     assert data["observations"]["x"].shape == (6, 1)
     assert not list(tmp_path.joinpath("out").glob("*.tmp"))
+
+
+def test_permissions_follow_umask(run, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_results(tmp_path / "run.h5", run)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_write_is_atomic(run, tmp_path, monkeypatch):

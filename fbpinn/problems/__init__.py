@@ -23,6 +23,18 @@ class Params:
     output_scale: float | None = None  # s in u = sum w * s * NN; the problem's default if unset
     physics: bool = True  # include the residual loss (false: fit observations only)
 
+    def validate(self):
+        """``(key, message)`` for the first bad value, or None.  Subclasses extend it."""
+        if self.output_scale is not None and not self.output_scale > 0:
+            return "output_scale", f"must be positive, got {self.output_scale}"
+        if not self.physics and not self.has_data():
+            return "physics", "false leaves nothing to fit: this problem has no observations"
+        return None
+
+    def has_data(self) -> bool:
+        """Whether the problem supplies observations to fit without the physics term."""
+        return False
+
 
 @dataclass
 class Term:

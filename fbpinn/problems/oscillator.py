@@ -42,7 +42,13 @@ class OscillatorParams(Params):
     learn_mu: bool = False
     mu_init: float = 0.0  # initial guess when mu is learned
 
+    def has_data(self):
+        return self.observations > 0 or self.constraint == "soft"
+
     def validate(self):
+        bad = super().validate()
+        if bad:
+            return bad
         if self.constraint not in CONSTRAINTS:
             return "constraint", f"must be one of {', '.join(CONSTRAINTS)}"
         if self.m <= 0 or self.k <= 0:
@@ -51,14 +57,18 @@ class OscillatorParams(Params):
             return "mu", "must give an under-damped oscillator (mu^2 < 4 m k)"
         if self.observations < 0:
             return "observations", "must be >= 0"
+        if not self.sigma > 0:
+            return "sigma", f"must be positive, got {self.sigma}"
+        if self.noise < 0 or self.data_weight <= 0:
+            return ("noise", "must be >= 0") if self.noise < 0 else ("data_weight", "must be positive")
+        if any(w < 0 for w in self.ic_weights):
+            return "ic_weights", f"must be >= 0, got {self.ic_weights}"
         if not 0 < self.obs_tmax <= 1:
             return "obs_tmax", "must lie in (0, 1]"
         if len(self.ic_weights) != 2:
             return "ic_weights", "must hold two weights: for u(0) and for u'(0)"
         if self.learn_mu and self.observations == 0:
             return "observations", "must be > 0 when mu is learned"
-        if not self.physics and self.observations == 0 and self.constraint != "soft":
-            return "physics", "false needs observations or soft initial conditions to fit"
         return None
 
 

@@ -22,6 +22,9 @@ class Cos1dParams(Params):
     omega: float = 15.0
 
     def validate(self):
+        bad = super().validate()
+        if bad:
+            return bad
         if self.omega <= 0:
             return "omega", "must be positive"
         return None

@@ -1,0 +1,136 @@
+"""Accuracy and step time of the seed studies, against the reference JAX FBPINN figures.
+
+What it measures, on this machine, for configs/harmonic_oscillator.toml,
+configs/cos1d.toml and configs/cos1d_pinn.toml:
+
+1. the time of one training step (median of blocks of steps after warm-up) for
+   every combination of torch CPU threads (1, 2) and ``training.compile`` (off, on);
+2. the test relative L2 error after ``--steps`` steps with the fastest setting,
+   for ``--seeds`` seeds (the median is what the table compares).
+
+It writes the results, the machine and the command to docs/benchmarks.md.
+
+    python scripts/bench.py                  # about 10 minutes on 2 CPU cores
+    python scripts/bench.py --seeds 1 --steps 2000 --out /tmp/bench.md   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fbpinn
+from fbpinn.trainer import Trainer, configure_threads
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Reference JAX FBPINNs on this 2-core CPU, float32, 10,000 steps (see docs/benchmarks.md).
+CASES = [
+    ("harmonic_oscillator", "configs/harmonic_oscillator.toml", 8.7e-4, 0.19),
+    ("cos1d", "configs/cos1d.toml", 4.4e-4, 4.1),
+    ("cos1d plain PINN", "configs/cos1d_pinn.toml", 1.02, None),
+]
+
+
+def step_time(cfg, threads: int, compile_: bool, warmup: int, blocks: int, block: int) -> float:
+    """Median milliseconds per step over ``blocks`` blocks of ``block`` steps."""
+    cfg.training.threads, cfg.training.compile = threads, compile_
+    configure_threads(threads)
+    trainer = Trainer(cfg)
+    for s in range(1, warmup + 1):
+        trainer.step(s)
+    times = []
+    for b in range(blocks):
+        t0 = time.perf_counter()
+        for s in range(block):
+            trainer.step(warmup + b * block + s + 1)
+        times.append((time.perf_counter() - t0) / block * 1e3)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--cases", nargs="*", help="subset of case names")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    command = "python scripts/bench.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+
+    rows = []
+    for name, path, ref_err, ref_ms in CASES:
+        if args.cases and name not in args.cases:
+            continue
+        timings = {}
+        for threads in (1, 2):
+            for compile_ in (False, True):
+                cfg = fbpinn.load_config(ROOT / path)
+                timings[(threads, compile_)] = step_time(cfg, threads, compile_, warmup=60, blocks=7, block=60)
+                print(f"{name}: threads={threads} compile={compile_}: {timings[(threads, compile_)]:.3f} ms/step",
+                      flush=True)
+        best = min(timings, key=timings.get)
+        errors = []
+        for seed in range(args.seeds):
+            cfg = fbpinn.load_config(ROOT / path, [f"training.steps={args.steps}", f"training.seed={seed}",
+                                                   f"training.threads={best[0]}",
+                                                   f"training.compile={'true' if best[1] else 'false'}"])
+            run = fbpinn.train(cfg)
+            errors.append(run.history["rel_l2"][-1])
+            print(f"{name}: seed {seed}: rel_l2 {errors[-1]:.3e}", flush=True)
+        rows.append((name, path, ref_err, ref_ms, timings, best, errors))
+
+    write_markdown(Path(args.out), rows, command, args)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write_markdown(out: Path, rows, command: str, args) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        "## Seed studies against the reference JAX FBPINNs",
+        "",
+        f"Command: `{command}` (from the repository root).",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"fbpinn {fbpinn.__version__}, {time.strftime('%Y-%m-%d')}.",
+        "",
+        "Settings of the reference measurements: float32, grid points, Adam lr 1e-3, full batch, subdomain centres "
+        "evenly spaced with both ends of the domain included, subdomain width 2.99x the centre spacing, cosine "
+        "windows, output scale 1.  The shipped configs are those settings.",
+        "",
+        f"Accuracy: test relative L2 error after {args.steps} steps, median (min-max) over {args.seeds} seed(s), run "
+        "with the fastest thread/compile setting.  Step time: median over 7 blocks of 60 steps after 60 warm-up "
+        "steps, one training step (loss, backward, Adam) without evaluation.",
+        "",
+        "| study | rel L2 (ours) | rel L2 (reference) | ms/step (ours, best) | best setting | ms/step (reference) | speed ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, path, ref_err, ref_ms, timings, best, errors in rows:
+        med = statistics.median(errors)
+        ours = timings[best]
+        ratio = f"{ref_ms / ours:.2f}x" if ref_ms else "-"
+        lines.append(f"| {name} (`{path}`) | {med:.2e} ({min(errors):.1e}-{max(errors):.1e}) | {ref_err:.2e} | "
+                     f"{ours:.3f} | {best[0]} thread(s), compile {'on' if best[1] else 'off'} | "
+                     f"{ref_ms if ref_ms else '-'} | {ratio} |")
+    lines += ["", "Speed ratio: reference ms/step divided by ours (above 1: we are faster).", "",
+              "Step time for every setting (ms/step):", "",
+              "| study | 1 thread | 1 thread, compiled | 2 threads | 2 threads, compiled |", "|---|---|---|---|---|"]
+    for name, path, ref_err, ref_ms, timings, best, errors in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{timings[k]:.3f}" for k in
+                                                 [(1, False), (1, True), (2, False), (2, True)]) + " |")
+    lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

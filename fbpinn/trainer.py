@@ -29,6 +29,7 @@ from .decomposition import Level
 from .derivatives import parse
 from .domains import sample
 from .model import FBPINN
+from .optim import Adam
 from .problems import Derivs, Term
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class Trainer:
         self.terms, self.batch, self.slices = [], None, []
         self.resample()
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
-        self.optimizer = torch.optim.Adam(self.params, lr=tr.lr, fused=True)
+        self.optimizer = Adam(self.params, lr=tr.lr)
         self.x_test = self.problem.domain.grid(cfg.test.points)  # (N_test, d) float64
         exact = self.problem.exact(self.x_test)
         self.u_exact = None if exact is None else exact.double()
@@ -151,10 +152,9 @@ class Trainer:
         if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0:
             self.resample()
         lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.optimizer.lr = lr
         loss, parts = self._loss()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
         return loss.item(), parts, lr

@@ -92,9 +92,10 @@ def test_non_finite_loss_stops_with_message(monkeypatch):
 def test_physics_beats_data_alone():
     # The seed comparison: ten observations on [0, 0.4]; a network fitted to them alone
     # fails beyond them, the physics-informed one does not.
-    common = dict(hidden=(32, 32, 32), steps=6000, points=[200], dtype="float32", overlap=1.0, eval_every=1000)
-    prob = {"name": "harmonic_oscillator", "observations": 10, "constraint": "soft"}
+    common = dict(hidden=(32, 32, 32), steps=8000, points=[200], dtype="float32", overlap=1.0, eval_every=1000,
+                  compile=True)
+    prob = {"name": "harmonic_oscillator", "observations": 10, "constraint": "hard"}
     data_only = fbpinn.train(make_config({**prob, "physics": False}, [1], **common))
     physics = fbpinn.train(make_config(prob, [1], **common))
-    assert data_only.history["rel_l2"][-1] > 0.3
-    assert physics.history["rel_l2"][-1] < 0.1
+    assert data_only.history["rel_l2"][-1] > 0.5
+    assert physics.history["rel_l2"][-1] < 2e-2

@@ -18,9 +18,12 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
+    """Rank 0 logs at INFO (DEBUG with -v); other ranks only warnings, tagged with their rank."""
+    tag = f"{rank}/{size} " if size > 1 else ""
+    level = (logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s {tag}%(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stdout, force=True)
 
 
 def cmd_train(args) -> int:
@@ -28,12 +31,15 @@ def cmd_train(args) -> int:
     from .io import write_results
     from .trainer import train
 
+    ctx = args.ctx
     cfg = load_config(args.config, args.set)
     out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
     if out.exists() and not out.is_dir():
         raise UsageError(f"results folder {out} exists and is not a folder")
     logger.info("config %s -> %s", args.config, out / "run.h5")
-    run = train(cfg)
+    run = train(cfg, ctx)
+    if ctx.rank != 0:
+        return 0
     path = write_results(out / "run.h5", run)
     final = run.history["rel_l2"][-1]
     learned = "".join(f", learned {k} = {v:.6g}" for k, v in run.learned.items())
@@ -126,20 +132,37 @@ def main(argv=None) -> int:
     from .io import ResultsError
     from .trainer import TrainingError
 
+    from .parallel import Context
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    ctx = args.ctx = Context.from_environment() if args.command == "train" else Context(None)
+    _setup_logging(args.verbose, ctx.rank, ctx.size)
     try:
         return args.func(args)
     except (ConfigError, ResultsError, UsageError) as e:
-        print(f"fbpinn: error: {e}", file=sys.stderr)
+        # Every rank reads the same config and fails the same way, before any communication.
+        if ctx.rank == 0:
+            print(f"fbpinn: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingError as e:
-        print(f"fbpinn: training failed: {e}", file=sys.stderr)
+        # The loss is reduced over all ranks, so every rank stops at the same step.
+        if ctx.rank == 0:
+            print(f"fbpinn: training failed: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("fbpinn: interrupted; no results written", file=sys.stderr)
-        return 130
+        if not ctx.parallel:
+            print("fbpinn: interrupted; no results written", file=sys.stderr)
+            return 130
+        ctx.abort("interrupted; no results written", 130)
+    except Exception as e:
+        if not ctx.parallel:
+            raise
+        # One rank failing must not leave the others waiting in a collective forever.
+        import traceback
+
+        traceback.print_exc()
+        ctx.abort(f"{type(e).__name__}: {e}; aborting all ranks", EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ class TestConfig:
 
 
 @dataclass
+class ParallelConfig:
+    axes: list[int] = field(default_factory=list)  # axes to split the subdomain grid along; empty: all
+
+
+@dataclass
 class OutputConfig:
     dir: str = ""  # results folder; empty: results/<config file stem>
 
@@ -83,12 +88,13 @@ class Config:
     network: NetworkConfig
     training: TrainingConfig
     test: TestConfig
+    parallel: ParallelConfig
     output: OutputConfig
     source: str = ""  # config file the run came from
 
 
 SECTIONS = {"decomposition": DecompositionConfig, "network": NetworkConfig, "training": TrainingConfig,
-            "test": TestConfig, "output": OutputConfig}
+            "test": TestConfig, "parallel": ParallelConfig, "output": OutputConfig}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -244,6 +250,9 @@ def _validate(cfg: Config, problem_cls) -> None:
         raise ConfigError("training.points", f"must list {dim} positive count(s), one per axis {problem_cls.axes}, got {tr.points}")
     if tr.resample_every and tr.sampler == "grid":
         raise ConfigError("training.resample_every", "needs a random sampler (uniform or sobol); the grid never changes")
+    if any(not 0 <= a < dim for a in cfg.parallel.axes) or len(set(cfg.parallel.axes)) != len(cfg.parallel.axes):
+        raise ConfigError("parallel.axes", f"must list distinct axis numbers in 0..{dim - 1} (axes {problem_cls.axes}), "
+                          f"got {cfg.parallel.axes}")
     if not te.points:
         te.points = [{1: 1000, 2: 100, 3: 40}.get(dim, 20)] * dim
     if len(te.points) != dim or any(n < 2 for n in te.points):

@@ -27,7 +27,7 @@ class ResultsError(ValueError):
     """A file that is not a readable fbpinn results file."""
 
 
-def write_results(path, run, n_ranks: int = 1) -> Path:
+def write_results(path, run) -> Path:
     """Write a :class:`fbpinn.trainer.Run` to ``path`` atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +35,7 @@ def write_results(path, run, n_ranks: int = 1) -> Path:
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            _fill(f, run, n_ranks)
+            _fill(f, run)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
@@ -46,14 +46,14 @@ def write_results(path, run, n_ranks: int = 1) -> Path:
     return path
 
 
-def _fill(f: h5py.File, run, n_ranks: int) -> None:
+def _fill(f: h5py.File, run) -> None:
     cfg, problem, model = run.cfg, run.problem, run.model
     f.attrs["format"] = "fbpinn-results"
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["fbpinn_version"] = __version__
     f.attrs["problem"] = cfg.problem_name
     f.attrs["axes"] = ",".join(problem.axes)
-    f.attrs["n_ranks"] = n_ranks
+    f.attrs["n_ranks"] = run.n_ranks
     f.attrs["config"] = to_toml(cfg)
     f.attrs["start_time"] = _iso(run.start_time)
     f.attrs["end_time"] = _iso(time.time())
@@ -96,7 +96,7 @@ def _fill(f: h5py.File, run, n_ranks: int) -> None:
         data["x"], data["u"] = obs[0].double().numpy(), obs[1].double().numpy()
 
     par = f.create_group("parameters")
-    for name, arr in model.parameter_arrays().items():
+    for name, arr in (run.parameters or model.parameter_arrays()).items():
         par[name] = arr
     if run.learned:
         learned = f.create_group("learned")

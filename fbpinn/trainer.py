@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from . import registry
@@ -30,6 +30,7 @@ from .derivatives import parse
 from .domains import sample
 from .model import FBPINN
 from .optim import Adam
+from .parallel import Context, Distribution, configure_threads as parallel_threads
 from .problems import Derivs, Term
 
 logger = logging.getLogger(__name__)
@@ -55,31 +56,31 @@ class Run:
     learned: dict = field(default_factory=dict)
     wall_time: float = 0.0
     start_time: float = 0.0
+    n_ranks: int = 1
+    parameters: dict = field(default_factory=dict)  # "level0/W0" -> full stacked array
 
 
-def configure_threads(threads: int) -> int:
-    """Set torch's CPU threads: the config's value, else OMP_NUM_THREADS, else torch's default.
-
-    Also flushes denormal floats to zero: window tails and tiny Adam moments produce them
-    in float32, and arithmetic on them is up to a hundred times slower on x86 CPUs."""
-    torch.set_flush_denormal(True)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    elif os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    return torch.get_num_threads()
+def configure_threads(threads: int, ctx: Context | None = None) -> int:
+    """Set torch's CPU threads (see :func:`fbpinn.parallel.configure_threads`)."""
+    return parallel_threads(ctx or Context(None), threads)
 
 
-def build(cfg: Config):
-    """Problem, levels and model of a config, with the seeded generator."""
+def build(cfg: Config, ctx: Context | None = None):
+    """Problem, model, seeded generator and :class:`Distribution` of a config.
+
+    Under MPI the model holds only this rank's subdomains and their halo; the
+    initial weights are the same as in a one-process run."""
+    ctx = ctx or Context(None)
     dtype = getattr(torch, cfg.training.dtype)
     torch.manual_seed(cfg.training.seed)
     gen = torch.Generator().manual_seed(cfg.training.seed)
     problem = registry.get("problem", cfg.problem_name)(cfg.problem, dtype)
     dec = cfg.decomposition
     levels = [Level(problem.domain, dec.subdomains, dec.overlap, dec.window)]
-    model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype)
-    return problem, model, gen
+    dist = Distribution(ctx, levels[0], cfg.parallel.axes or None)
+    model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, held=[dist.held])
+    dist.attach(model.nets[0])
+    return problem, model, gen, dist
 
 
 def relative_l2(u: torch.Tensor, exact: torch.Tensor) -> float:
@@ -89,21 +90,25 @@ def relative_l2(u: torch.Tensor, exact: torch.Tensor) -> float:
 class Trainer:
     """Owns the optimiser, the loss terms and their prepared batches for one run."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, ctx: Context | None = None):
         self.cfg = cfg
+        self.ctx = ctx or Context(None)
         tr = cfg.training
-        self.problem, self.model, self.gen = build(cfg)
+        self.problem, self.model, self.gen, self.dist = build(cfg, self.ctx)
         self.dtype = self.model.dtype
         self.physics_needs = [parse(n, self.problem.axes) for n in self.problem.needs]
         self.extra_terms = self.problem.terms(self.gen)
         self.terms, self.batch, self.slices = [], None, []
+        self.bytes_sent = 0
         self.resample()
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
         self.optimizer = Adam(self.params, lr=tr.lr)
-        self.x_test = self.problem.domain.grid(cfg.test.points)  # (N_test, d) float64
+        self.x_test = self.problem.domain.grid(cfg.test.points)  # (N_test, d) float64, all ranks
         exact = self.problem.exact(self.x_test)
         self.u_exact = None if exact is None else exact.double()
-        self.test_batch = self.model.prepare(self.x_test) if self.x_test.shape[0] <= 2**20 else None
+        self.test_mask = self.dist.select(self.x_test)  # this rank's test points
+        x_local = self.x_test[self.test_mask]
+        self.test_batch = self.model.prepare(x_local) if x_local.shape[0] <= 2**20 else None
         self._loss = self._compiled_loss if tr.compile else self._loss_impl
         self._compiled = None
 
@@ -112,9 +117,11 @@ class Trainer:
         tr = self.cfg.training
         terms = []
         if self.cfg.problem.physics:
-            x = sample(self.problem.domain, tr.sampler, tr.points, self.gen, self.dtype)
-            terms.append(Term("physics", x, tuple(self.problem.needs), self.problem.residual, 1.0))
-        self.terms = terms + self.extra_terms
+            x = sample(self.problem.domain, tr.sampler, tr.points, self.gen, self.dtype,
+                       region=self.dist.region if self.ctx.parallel else None, closed_hi=self.dist.closed)
+            terms.append(Term("physics", x, tuple(self.problem.needs), self.problem.residual, 1.0,
+                              n_global=math.prod(tr.points)))
+        self.terms = terms + [t.select(self.dist.select(t.x)) for t in self.extra_terms]
         # All terms' points go through the model in one pass; each term reads its slice.
         x = torch.cat([t.x.to(self.dtype) for t in self.terms])  # (N, d)
         orders = {parse(n, self.problem.axes) for t in self.terms for n in t.needs}
@@ -130,6 +137,8 @@ class Trainer:
         for term, sl in zip(self.terms, self.slices):
             d = Derivs(U[:, sl], self.batch.orders, self.problem.axes)
             r = term.residual(term.x, d)  # (n,)
+            if term.target is not None:
+                r = r - term.target
             parts.append(term.weight * (r * r).sum() / (term.n_global or r.shape[0]))
         parts = torch.stack(parts)
         return parts.sum(), parts
@@ -153,27 +162,53 @@ class Trainer:
             self.resample()
         lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
         self.optimizer.lr = lr
+        self.bytes_sent += self.dist.refresh_halo()
         loss, parts = self._loss()
         self.optimizer.zero_grad()
         loss.backward()
+        self.bytes_sent += self.dist.reduce_gradients(self.model.nets[0], self.problem.parameters().values())
         self.optimizer.step()
-        return loss.item(), parts, lr
+        parts = self.ctx.allreduce(parts.detach().double().numpy())  # (T,) summed over ranks
+        return float(parts.sum()), parts, lr
 
     def evaluate(self):
-        """Solution on the test grid and its relative L2 error (nan without an exact solution)."""
+        """This rank's test-grid solution and the global relative L2 error (nan without an exact solution)."""
+        self.dist.refresh_halo()
         with torch.no_grad():
-            u = self.model(self.test_batch)[0] if self.test_batch is not None else self.model.value(self.x_test)
-        err = relative_l2(u, self.u_exact) if self.u_exact is not None else math.nan
+            if self.test_batch is not None:
+                u = self.model(self.test_batch)[0]
+            else:
+                u = self.model.value(self.x_test[self.test_mask])
+        err = math.nan
+        if self.u_exact is not None:
+            e = self.u_exact[self.test_mask]
+            sums = self.ctx.allreduce(np.array([float(((u.double() - e) ** 2).sum()), float((e * e).sum())]))
+            err = math.sqrt(sums[0] / sums[1])
         return u, err
+
+    def gather_solution(self, u_local: torch.Tensor):
+        """The test-grid solution assembled on rank 0 (None elsewhere)."""
+        parts = self.ctx.gather((self.test_mask.nonzero()[:, 0].numpy(), u_local.double().numpy()))
+        if parts is None:
+            return None
+        u = np.zeros(self.x_test.shape[0])
+        for idx, vals in parts:
+            u[idx] = vals
+        return torch.from_numpy(u)
 
     def run(self) -> Run:
         cfg, tr = self.cfg, self.cfg.training
-        run = Run(cfg, self.model, self.problem, [t.name for t in self.terms], start_time=time.time())
+        run = Run(cfg, self.model, self.problem, [t.name for t in self.terms], start_time=time.time(),
+                  n_ranks=self.ctx.size)
         hist = {"step": [], "loss": [], "loss_terms": [], "rel_l2": [], "time": [], "lr": []}
         pairs = self.batch.pairs()
-        logger.info("%s: %d subdomain(s) %s, %d parameters, %d collocation pairs, %s, %d thread(s)",
+        logger.info("%s: %d subdomain(s) %s, %d parameters, %d collocation pairs, %s, %d thread(s), %d rank(s)",
                     self.problem.name, self.model.levels[0].n_subdomains, list(cfg.decomposition.subdomains),
-                    sum(p.numel() for p in self.params), pairs, tr.dtype, torch.get_num_threads())
+                    sum(p.numel() for p in self.params), pairs, tr.dtype, torch.get_num_threads(), self.ctx.size)
+        if self.ctx.parallel:
+            logger.info("rank 0 holds %d subdomain(s) (%s), %d points",
+                        self.model.nets[0].n_held, "replicated" if self.dist.replicated else "own + halo",
+                        self.batch.n)
         t0 = time.perf_counter()
         t_log, step_log = t0, 0
         for step in range(1, tr.steps + 1):
@@ -181,14 +216,14 @@ class Trainer:
             run.loss_per_step.append(value)
             if not math.isfinite(value):
                 raise TrainingError(f"loss became {value} at step {step} (terms: "
-                                    + ", ".join(f"{t.name}={p:.3g}" for t, p in zip(self.terms, parts.tolist()))
+                                    + ", ".join(f"{t.name}={p:.3g}" for t, p in zip(self.terms, parts))
                                     + "); lower training.lr or check the problem's scales")
             last = step == tr.steps
             if step % tr.eval_every == 0 or last or step == 1:
                 _, err = self.evaluate()
                 hist["step"].append(step)
                 hist["loss"].append(value)
-                hist["loss_terms"].append(parts.detach().double().tolist())
+                hist["loss_terms"].append(parts.tolist())
                 hist["rel_l2"].append(err)
                 hist["time"].append(time.perf_counter() - t0)
                 hist["lr"].append(lr)
@@ -203,8 +238,9 @@ class Trainer:
                             tr.steps, value, err_text, learned, rate, _hms(eta))
         run.wall_time = time.perf_counter() - t0
         run.history = hist
-        run.u_test, _ = self.evaluate()
+        run.u_test = self.gather_solution(self.evaluate()[0])
         run.x_test, run.u_exact = self.x_test, self.u_exact
+        run.parameters = {f"level0/{k}": v for k, v in (self.dist.gather_parameters(self.model.nets[0]) or {}).items()}
         run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
         return run
 
@@ -214,7 +250,11 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def train(cfg: Config) -> Run:
-    """Train the model a config describes; returns the :class:`Run`."""
-    configure_threads(cfg.training.threads)
-    return Trainer(cfg).run()
+def train(cfg: Config, ctx: Context | None = None) -> Run:
+    """Train the model a config describes; returns the :class:`Run`.
+
+    With ``ctx`` an MPI :class:`Context` of several ranks, every rank calls this and
+    the returned run's solution and parameters are complete on rank 0 only."""
+    ctx = ctx or Context(None)
+    configure_threads(cfg.training.threads, ctx)
+    return Trainer(cfg, ctx).run()

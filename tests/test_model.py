@@ -10,7 +10,7 @@ from fbpinn.trainer import build
 def test_one_subdomain_is_a_plain_pinn():
     # One subdomain: window 1, so u = s * MLP((x - c) / h) with the same weights.
     cfg = make_config({"name": "cos1d", "output_scale": 0.3}, [1], hidden=(20, 20), overlap=1.0)
-    problem, model, _ = build(cfg)
+    problem, model, _, _ = build(cfg)
     net = model.nets[0]
     mlp = nn.Sequential(nn.Linear(1, 20), nn.Tanh(), nn.Linear(20, 20), nn.Tanh(), nn.Linear(20, 1)).double()
     with torch.no_grad():
@@ -27,7 +27,7 @@ def test_one_subdomain_is_a_plain_pinn():
 
 def test_initialisation_follows_nn_linear_bounds():
     cfg = make_config({"name": "cos1d"}, [50], hidden=(64,))
-    _, model, _ = build(cfg)
+    _, model, _, _ = build(cfg)
     for w, n_in in zip(model.nets[0].weights, [1, 64]):
         bound = 1 / n_in**0.5
         assert w.abs().max() <= bound
@@ -41,6 +41,6 @@ def test_parameters_independent_of_held_subset():
     from fbpinn.model import FBPINN
 
     cfg = make_config({"name": "cos1d"}, [10])
-    problem, full, _ = build(cfg)
+    problem, full, _, _ = build(cfg)
     part = FBPINN(problem, full.levels, [16], "tanh", torch.Generator().manual_seed(0), torch.float64, held=[[3, 7]])
     assert torch.equal(part.nets[0].weights[0], full.nets[0].weights[0][[3, 7]])

@@ -38,14 +38,21 @@ class Params:
 
 @dataclass
 class Term:
-    """One loss term: ``weight * sum_i r(x_i)^2 / n_global``."""
+    """One loss term: ``weight * sum_i (r(x_i) - target_i)^2 / n_global``."""
 
     name: str
     x: torch.Tensor  # (n, d)
     needs: tuple
     residual: object  # callable(x, derivs) -> (n,)
     weight: float = 1.0
+    target: torch.Tensor | None = None  # (n,) values the residual should take; zero if None
     n_global: int | None = None  # points in the whole term (all processes); len(x) if None
+
+    def select(self, mask: torch.Tensor) -> "Term":
+        """The part of the term at the points ``mask`` keeps, counting all points globally."""
+        target = None if self.target is None else self.target[mask]
+        return Term(self.name, self.x[mask], self.needs, self.residual, self.weight, target,
+                    self.n_global or self.x.shape[0])
 
 
 class Derivs:
@@ -122,4 +129,4 @@ def all_problems() -> dict:
     return dict(_REGISTRIES["problem"])
 
 
-from . import oscillator, sinusoids  # noqa: E402,F401  (register the built-in problems)
+from . import oscillator, poisson, sinusoids  # noqa: E402,F401  (register the built-in problems)

@@ -113,14 +113,14 @@ class HarmonicOscillator(Problem):
         if self.p.constraint == "soft":
             x0 = torch.zeros(1, 1, dtype=self.dtype)
             w0, w1 = self.p.ic_weights
-            terms.append(Term("ic_u", x0, ("u",), lambda x, d: d["u"] - 1.0, w0))
+            terms.append(Term("ic_u", x0, ("u",), lambda x, d: d["u"], w0, torch.ones(1, dtype=self.dtype)))
             terms.append(Term("ic_ut", x0, ("u_t",), lambda x, d: d["u_t"], w1))
         if self.p.observations:
             t = torch.linspace(0.0, self.p.obs_tmax, self.p.observations, dtype=torch.float64)[:, None]
             u = self.exact(t) + self.p.noise * torch.randn(len(t), generator=generator, dtype=torch.float64)
             self._obs = (t, u)
-            u_obs = u.to(self.dtype)
-            terms.append(Term("data", t.to(self.dtype), ("u",), lambda x, d: d["u"] - u_obs, self.p.data_weight))
+            terms.append(Term("data", t.to(self.dtype), ("u",), lambda x, d: d["u"], self.p.data_weight,
+                              u.to(self.dtype)))
         return terms
 
     def parameters(self):

@@ -1,0 +1,399 @@
+"""MPI parallel training: ownership of subdomains, halo exchange, reductions, devices.
+
+Ranks own rectangular blocks of the subdomain grid.  A rank holds the parameters
+of its own subdomains plus a halo (the neighbours' subdomains whose support
+reaches into its cells) and the collocation points of its cells.  Each step:
+
+1. owners send their halo subdomains' current parameters to the ranks that need
+   them (non-blocking point-to-point on contiguous numpy buffers);
+2. every rank computes the loss on its points, divided by the global point count,
+   and back-propagates;
+3. halo gradients go back to their owners and are added to theirs; levels that
+   are replicated on every rank (a single subdomain, coarse levels) and learnable
+   constants of the problem have their gradients summed with Allreduce;
+4. every rank steps its optimiser; halo copies are refreshed at the next exchange.
+
+With grid points the result equals the one-process run up to rounding.  Without
+mpi4py, or with one rank, :class:`Context` is a serial stand-in and nothing here
+communicates.  Used by :mod:`fbpinn.trainer` and the CLI.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+
+from .domains import Box
+
+logger = logging.getLogger(__name__)
+
+
+class Context:
+    """The communicator, this process's rank and size, and its node-local rank."""
+
+    def __init__(self, comm=None):
+        self.comm = comm
+        self.rank = comm.Get_rank() if comm is not None else 0
+        self.size = comm.Get_size() if comm is not None else 1
+        self.local_rank, self.local_size = 0, 1
+        if comm is not None and self.size > 1:
+            from mpi4py import MPI
+
+            node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+            node.Free()
+
+    @classmethod
+    def from_environment(cls) -> "Context":
+        """MPI's world communicator when mpi4py imports and more than one rank runs."""
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            return cls(None)
+        comm = MPI.COMM_WORLD
+        return cls(comm if comm.Get_size() > 1 else None)
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+    # ---------------------------------------------------------------- reductions
+    def allreduce(self, array: np.ndarray) -> np.ndarray:
+        """Elementwise sum over ranks of a float64 numpy array."""
+        if not self.parallel:
+            return array
+        from mpi4py import MPI
+
+        out = np.empty_like(array)
+        self.comm.Allreduce(np.ascontiguousarray(array), out, op=MPI.SUM)
+        return out
+
+    def allreduce_grads(self, tensors) -> None:
+        """Sum the ``.grad`` of each tensor over ranks, in place."""
+        if not self.parallel or not tensors:
+            return
+        grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in tensors]
+        flat = torch.cat([g.reshape(-1) for g in grads]).detach().cpu().numpy()
+        summed = torch.from_numpy(self.allreduce(flat))
+        offset = 0
+        for t, g in zip(tensors, grads):
+            n = g.numel()
+            t.grad = summed[offset:offset + n].view_as(g).to(g.device, g.dtype).clone()
+            offset += n
+
+    def gather(self, obj):
+        """``comm.gather`` to rank 0 (a list there, None elsewhere)."""
+        return self.comm.gather(obj, root=0) if self.parallel else [obj]
+
+    def bcast(self, obj):
+        return self.comm.bcast(obj, root=0) if self.parallel else obj
+
+    def barrier(self) -> None:
+        if self.parallel:
+            self.comm.Barrier()
+
+    def abort(self, message: str, code: int = 1) -> None:
+        """Print ``message`` tagged with this rank and end every rank of the job."""
+        print(f"fbpinn: rank {self.rank}/{self.size}: {message}", file=sys.stderr, flush=True)
+        if self.parallel:
+            self.comm.Abort(code)
+        sys.exit(code)
+
+
+def configure_threads(ctx: Context, threads: int) -> int:
+    """Torch CPU threads: the config's value, else OMP_NUM_THREADS, else the node's cores
+    divided by its ranks (all cores for one process).
+
+    Also flushes denormal floats to zero: window tails and tiny Adam moments produce them
+    in float32, and arithmetic on them is up to a hundred times slower on x86 CPUs."""
+    torch.set_flush_denormal(True)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    elif ctx.local_size > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_size))
+    return torch.get_num_threads()
+
+
+def select_device(ctx: Context) -> torch.device:
+    """One GPU per rank (node-local rank mod visible GPUs) where CUDA exists, else the CPU."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- partition
+def rank_grid(shape, n_ranks: int, axes=None) -> list[int]:
+    """Ranks per axis: a factorisation of ``n_ranks`` over the split ``axes`` that keeps
+    blocks as even as possible (largest subdomain counts get the most ranks)."""
+    axes = list(range(len(shape))) if axes is None else list(axes)
+    dims = [1] * len(shape)
+    remaining = n_ranks
+    for p in _prime_factors(n_ranks):
+        # Give the factor to the split axis with the most subdomains per rank left.
+        best = max(axes, key=lambda d: (shape[d] / dims[d], -d))
+        dims[best] *= p
+        remaining //= p
+    for d in range(len(shape)):
+        if dims[d] > shape[d]:
+            raise ValueError(f"cannot split {shape[d]} subdomains along axis {d} over {dims[d]} ranks "
+                             f"({n_ranks} ranks, subdomain grid {list(shape)}); use fewer ranks")
+    return dims
+
+
+def _prime_factors(n: int) -> list[int]:
+    out, p = [], 2
+    while n > 1:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    return sorted(out, reverse=True)
+
+
+class Partition:
+    """Blocks of a level's subdomain grid, one per rank, with regions and halos.
+
+    Parameters
+    ----------
+    level : the :class:`fbpinn.decomposition.Level` to split.
+    n_ranks : number of ranks.
+    axes : axes to split along (default: all).
+    """
+
+    def __init__(self, level, n_ranks: int, axes=None):
+        self.level = level
+        self.dims = rank_grid(level.shape, n_ranks, axes)
+        self.n_ranks = n_ranks
+        # chunks[d][p] = (first, last + 1) subdomain index along axis d for rank coordinate p
+        self.chunks = [[(int(c[0]), int(c[-1]) + 1) for c in np.array_split(np.arange(n), p)]
+                       for n, p in zip(level.shape, self.dims)]
+        ids = np.arange(level.n_subdomains).reshape(level.shape)
+        self.owner = np.zeros(level.n_subdomains, dtype=np.int64)
+        for r in range(n_ranks):
+            self.owner[ids[self._block(r)].ravel()] = r
+
+    def coords(self, rank: int) -> list[int]:
+        return list(np.unravel_index(rank, self.dims))
+
+    def _block(self, rank: int):
+        return tuple(slice(*self.chunks[d][p]) for d, p in enumerate(self.coords(rank)))
+
+    def owned(self, rank: int) -> list[int]:
+        return np.flatnonzero(self.owner == rank).tolist()
+
+    def region(self, rank: int):
+        """The cells of ``rank``: a box and, per axis, whether its upper face is closed
+        (only at the domain's upper edge, so each point belongs to exactly one rank)."""
+        lo, hi, closed = [], [], []
+        for d, p in enumerate(self.coords(rank)):
+            axis = self.level.axes[d]
+            a, b = self.chunks[d][p]
+            c = axis.centres.tolist()
+            lo.append(axis.lo if a == 0 else 0.5 * (c[a - 1] + c[a]))
+            hi.append(axis.hi if b == axis.n else 0.5 * (c[b - 1] + c[b]))
+            closed.append(b == axis.n)
+        return Box(lo, hi), closed
+
+    def halo(self, rank: int) -> list[int]:
+        """Subdomains of other ranks whose open support meets this rank's region."""
+        box, _ = self.region(rank)
+        per_axis = []
+        for d, axis in enumerate(self.level.axes):
+            c = axis.centres
+            near = (c - axis.half_width < box.hi[d]) & (c + axis.half_width > box.lo[d])
+            per_axis.append(np.flatnonzero(near.numpy()))
+        mesh = np.meshgrid(*per_axis, indexing="ij")
+        flat = np.ravel_multi_index([m.ravel() for m in mesh], self.level.shape)
+        return sorted(int(j) for j in flat if self.owner[j] != rank)
+
+    def reaches_beyond_neighbours(self) -> bool:
+        """True when some rank's halo includes subdomains of a non-adjacent rank block."""
+        for r in range(self.n_ranks):
+            mine = np.array(self.coords(r))
+            for j in self.halo(r):
+                other = np.array(self.coords(int(self.owner[j])))
+                if np.abs(other - mine).max() > 1:
+                    return True
+        return False
+
+
+class HaloExchange:
+    """Point-to-point exchange of halo parameters (owner -> holder) and of halo
+    gradients (holder -> owner) for one level's :class:`fbpinn.networks.StackedMLP`."""
+
+    TAG_PARAMS, TAG_GRADS = 11, 12
+
+    def __init__(self, ctx: Context, partition: Partition, net):
+        self.ctx, self.net = ctx, net
+        rank = ctx.rank
+        held = net.held.tolist()
+        slot = {g: i for i, g in enumerate(held)}
+        own = set(partition.owned(rank))
+        # What I send: my subdomains in others' halos.  What I receive: my halo, by owner.
+        self.send = {}
+        for q in range(ctx.size):
+            if q != rank:
+                ids = [j for j in partition.halo(q) if j in own]
+                if ids:
+                    self.send[q] = torch.tensor([slot[j] for j in ids])
+        self.recv = {}
+        for j in partition.halo(rank):
+            self.recv.setdefault(int(partition.owner[j]), []).append(slot[j])
+        self.recv = {r: torch.tensor(s) for r, s in self.recv.items()}
+        self.bytes_per_step = 0
+        self.halo_slots = torch.tensor(sorted(s for v in self.recv.values() for s in v.tolist()), dtype=torch.long)
+
+    def _tensors(self):
+        return list(self.net.weights) + list(self.net.biases)
+
+    def _pack(self, tensors, slots) -> np.ndarray:
+        return torch.cat([t[slots].reshape(-1) for t in tensors]).detach().cpu().numpy().astype(np.float64)
+
+    def _unpack(self, buf: np.ndarray, tensors, slots, add: bool) -> None:
+        offset = 0
+        for t in tensors:
+            shape = (len(slots),) + tuple(t.shape[1:])
+            n = math.prod(shape)
+            part = torch.from_numpy(buf[offset:offset + n]).view(shape).to(t.device, t.dtype)
+            offset += n
+            if add:
+                t.index_add_(0, slots.to(t.device), part)
+            else:
+                t.index_copy_(0, slots.to(t.device), part)
+
+    def _exchange(self, outgoing: dict, incoming: dict, tensors, tag: int, add: bool) -> int:
+        """Send ``outgoing[q]`` slots of ``tensors`` to q and receive ``incoming[r]`` from r."""
+        from mpi4py import MPI
+
+        per_slot = sum(math.prod(t.shape[1:]) for t in tensors)
+        recv_bufs = {r: np.empty(len(s) * per_slot, dtype=np.float64) for r, s in incoming.items()}
+        reqs = [self.ctx.comm.Irecv(buf, source=r, tag=tag) for r, buf in recv_bufs.items()]
+        send_bufs = {q: self._pack(tensors, s) for q, s in outgoing.items()}
+        reqs += [self.ctx.comm.Isend(buf, dest=q, tag=tag) for q, buf in send_bufs.items()]
+        MPI.Request.Waitall(reqs)
+        for r, buf in recv_bufs.items():
+            self._unpack(buf, tensors, incoming[r], add)
+        return sum(b.nbytes for b in send_bufs.values())
+
+    @torch.no_grad()
+    def params(self) -> int:
+        """Refresh halo copies from their owners; returns bytes sent."""
+        return self._exchange(self.send, self.recv, [t.data for t in self._tensors()], self.TAG_PARAMS, add=False)
+
+    @torch.no_grad()
+    def grads(self) -> int:
+        """Return halo gradients to their owners, who add them; returns bytes sent."""
+        tensors = self._tensors()
+        for t in tensors:
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
+        grads = [t.grad for t in tensors]
+        sent = self._exchange(self.recv, self.send, grads, self.TAG_GRADS, add=True)
+        for g in grads:  # halo gradients now live with their owners
+            g.index_fill_(0, self.halo_slots.to(g.device), 0.0)
+        return sent
+
+
+class Distribution:
+    """How one run is spread over the ranks of ``ctx``: which subdomains this rank
+    holds, which points it takes, and the communication each step needs.
+
+    A level is split into blocks when it has enough subdomains along the split axes
+    for every rank and no halo reaches past a neighbouring block; otherwise it is
+    replicated (every rank holds all of it and gradients are Allreduce'd) and the
+    points are split into equal slabs of the domain along its longest axis.
+    """
+
+    def __init__(self, ctx: Context, level, axes=None):
+        self.ctx = ctx
+        self.partition = None
+        self.exchange = None
+        box = level.box
+        if not ctx.parallel:
+            self.held = list(range(level.n_subdomains))
+            self.region, self.closed = box, [True] * box.dim
+            return
+        try:
+            partition = Partition(level, ctx.size, axes)
+            if partition.reaches_beyond_neighbours():
+                raise ValueError("halo reaches past the neighbouring blocks")
+            self.partition = partition
+        except ValueError as e:
+            logger.info("replicating the %d subdomain(s) on every rank (%s)", level.n_subdomains, e)
+        if self.partition is not None:
+            self.held = sorted(self.partition.owned(ctx.rank) + self.partition.halo(ctx.rank))
+            self.region, self.closed = self.partition.region(ctx.rank)
+        else:
+            self.held = list(range(level.n_subdomains))
+            d = int(np.argmax(np.asarray(box.hi) - np.asarray(box.lo)))
+            edges = np.linspace(box.lo[d], box.hi[d], ctx.size + 1)
+            lo, hi = list(box.lo), list(box.hi)
+            lo[d], hi[d] = float(edges[ctx.rank]), float(edges[ctx.rank + 1])
+            self.region = Box(lo, hi)
+            self.closed = [True] * box.dim
+            self.closed[d] = ctx.rank == ctx.size - 1
+
+    @property
+    def replicated(self) -> bool:
+        return self.ctx.parallel and self.partition is None
+
+    def attach(self, net) -> None:
+        """Set up the halo exchange for the model's (partitioned) level network."""
+        if self.partition is not None:
+            self.exchange = HaloExchange(self.ctx, self.partition, net)
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the points of ``x`` (N, d) that belong to this rank."""
+        if not self.ctx.parallel:
+            return torch.ones(x.shape[0], dtype=torch.bool)
+        return self.region.contains(x.double(), self.closed)
+
+    def refresh_halo(self) -> int:
+        return self.exchange.params() if self.exchange is not None else 0
+
+    def reduce_gradients(self, net, shared) -> int:
+        """Halo gradients to their owners; replicated tensors' gradients summed everywhere."""
+        if not self.ctx.parallel:
+            return 0
+        sent = self.exchange.grads() if self.exchange is not None else 0
+        replicated = list(shared) + (list(net.parameters()) if self.replicated else [])
+        self.ctx.allreduce_grads(replicated)
+        return sent
+
+    def owned_slots(self, net) -> torch.Tensor:
+        """Local slots of the subdomains this rank owns (all of them when replicated)."""
+        if self.partition is None:
+            return torch.arange(net.n_held) if self.ctx.rank == 0 or not self.ctx.parallel else torch.zeros(0, dtype=torch.long)
+        mine = set(self.partition.owned(self.ctx.rank))
+        return torch.tensor([i for i, g in enumerate(net.held.tolist()) if g in mine], dtype=torch.long)
+
+    def gather_parameters(self, net) -> dict | None:
+        """Full stacked parameter arrays on rank 0 (None elsewhere)."""
+        slots = self.owned_slots(net)
+        ids = net.held[slots].numpy()
+        local = {"ids": ids}
+        for l, (w, b) in enumerate(zip(net.weights, net.biases)):
+            local[f"W{l}"] = w.detach()[slots].cpu().numpy()
+            local[f"b{l}"] = b.detach()[slots].cpu().numpy()[:, 0, 0]
+        parts = self.ctx.gather(local)
+        if parts is None:
+            return None
+        n = sum(len(p["ids"]) for p in parts)
+        out = {}
+        for key in local:
+            if key == "ids":
+                continue
+            full = np.zeros((n,) + parts[0][key].shape[1:], dtype=parts[0][key].dtype)
+            for p in parts:
+                full[p["ids"]] = p[key]
+            out[key] = full
+        return out

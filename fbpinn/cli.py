@@ -161,8 +161,7 @@ def main(argv=None) -> int:
         # One rank failing must not leave the others waiting in a collective forever.
         import traceback
 
-        traceback.print_exc()
-        ctx.abort(f"{type(e).__name__}: {e}; aborting all ranks", EXIT_FAILED)
+        ctx.abort(f"{type(e).__name__}: {e}; aborting all ranks\n{traceback.format_exc()}", EXIT_FAILED)
 
 
 if __name__ == "__main__":

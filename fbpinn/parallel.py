@@ -101,6 +101,9 @@ class Context:
         """Print ``message`` tagged with this rank and end every rank of the job."""
         print(f"fbpinn: rank {self.rank}/{self.size}: {message}", file=sys.stderr, flush=True)
         if self.parallel:
+            import time
+
+            time.sleep(1.0)  # let the launcher forward the message before the job is torn down
             self.comm.Abort(code)
         sys.exit(code)
 

@@ -1,0 +1,165 @@
+"""MPI training: partitions, halos, and runs under mpiexec equal to the one-process run."""
+
+import math
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fbpinn
+from fbpinn.decomposition import Level
+from fbpinn.domains import Box
+from fbpinn.io import read_results
+from fbpinn.parallel import Context, Partition, rank_grid
+
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec (install the mpich wheel)")
+
+COS1D = {"problem": {"name": "cos1d"}, "decomposition": {"subdomains": [12], "overlap": 2.5},
+         "network": {"hidden": [8, 8]},
+         "training": {"steps": 100, "dtype": "float64", "points": [400], "eval_every": 50}}
+LAPLACE = {"problem": {"name": "laplace2d_multiscale", "scales": 2},
+           "decomposition": {"subdomains": [5, 3], "overlap": 1.9}, "network": {"hidden": [8]},
+           "training": {"steps": 100, "dtype": "float64", "points": [24, 20], "eval_every": 50, "lr": 3e-3},
+           "test": {"points": [30, 30]}}
+INVERSE = {"problem": {"name": "harmonic_oscillator_inverse", "observations": 9},
+           "decomposition": {"subdomains": [6]}, "network": {"hidden": [8]},
+           "training": {"steps": 100, "dtype": "float64", "points": [80], "eval_every": 50}}
+SOFT_PINN = {"problem": {"name": "harmonic_oscillator", "constraint": "soft"},
+             "decomposition": {"subdomains": [1], "overlap": 1.0}, "network": {"hidden": [8, 8]},
+             "training": {"steps": 100, "dtype": "float64", "points": [60], "eval_every": 50}}
+
+
+def write_toml(data: dict, path: Path) -> Path:
+    lines = []
+    for section, table in data.items():
+        lines.append(f"[{section}]")
+        for k, v in table.items():
+            lines.append(f"{k} = {v!r}".replace("'", '"'))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def mpirun(n: int, args, timeout=120, **kw):
+    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def assert_same_run(serial, parallel_path, rtol=1e-9):
+    data = read_results(parallel_path)
+    ref = np.asarray(serial.loss_per_step)
+    got = data["training"]["loss_per_step"]
+    assert len(got) == len(ref) >= 100
+    assert np.abs(got - ref).max() <= rtol * np.abs(ref).max()
+    for name, arr in serial.model.parameter_arrays().items():
+        level, key = name.split("/")
+        other = data["parameters"][level][key]
+        assert other.shape == arr.shape
+        assert np.abs(other - arr).max() <= rtol * max(np.abs(arr).max(), 1.0), name
+    assert np.abs(data["solution"]["u"].ravel() - serial.u_test.numpy()).max() <= rtol * 10
+    for k, v in serial.learned.items():
+        assert float(data["learned"][k]) == pytest.approx(v, rel=rtol)
+    return data
+
+
+# ----------------------------------------------------------------------------- unit tests
+@pytest.mark.parametrize("shape,ranks,dims", [((5, 3), 2, [2, 1]), ((5, 3), 3, [3, 1]), ((5, 3), 4, [2, 2]),
+                                              ((12,), 4, [4]), ((4, 4, 4), 8, [2, 2, 2])])
+def test_rank_grid(shape, ranks, dims):
+    assert rank_grid(shape, ranks) == dims
+
+
+def test_rank_grid_too_many_ranks():
+    with pytest.raises(ValueError, match="cannot split 2 subdomains along axis 0 over 3 ranks"):
+        rank_grid((2,), 3)
+
+
+@pytest.mark.parametrize("shape,overlap,ranks", [((12,), 2.5, 3), ((5, 3), 1.9, 2), ((5, 3), 1.9, 4),
+                                                 ((6, 4), 2.9, 4)])
+def test_partition_regions_and_halos(shape, overlap, ranks):
+    box = Box([0.0] * len(shape), [1.0] * len(shape))
+    level = Level(box, shape, overlap)
+    part = Partition(level, ranks)
+    owned = [part.owned(r) for r in range(ranks)]
+    assert sorted(sum(owned, [])) == list(range(level.n_subdomains))
+    sizes = [len(o) for o in owned]
+    assert max(sizes) - min(sizes) <= max(sizes) // 2 + 1  # balanced blocks
+    x = box.grid([41] * len(shape))
+    masks = [part.region(r)[0].contains(x, part.region(r)[1]) for r in range(ranks)]
+    assert torch.stack(masks).sum(0).eq(1).all()  # every point belongs to exactly one rank
+    for r in range(ranks):
+        # The halo is exactly the other ranks' subdomains that cover points of this region.
+        fine = Box(*[[getattr(part.region(r)[0], a)[d] for d in range(len(shape))] for a in ("lo", "hi")])
+        pts = fine.grid([60] * len(shape))
+        _, sub, _ = level.pairs(pts, [()])
+        covering = set(sub.tolist()) - set(owned[r])
+        assert covering == set(part.halo(r))
+
+
+def test_serial_context():
+    ctx = Context.from_environment()
+    assert (ctx.rank, ctx.size, ctx.parallel) == (0, 1, False)
+    a = np.arange(3.0)
+    assert ctx.allreduce(a) is a and ctx.gather(5) == [5]
+
+
+# ----------------------------------------------------------------------------- mpiexec runs
+@needs_mpi
+@pytest.mark.parametrize("case,ranks", [("cos1d", 2), ("cos1d", 3), ("cos1d", 4),
+                                        ("laplace", 2), ("laplace", 3), ("laplace", 4),
+                                        ("inverse", 3), ("soft_pinn", 2)])
+def test_mpi_equals_serial(tmp_path, case, ranks):
+    data = {"cos1d": COS1D, "laplace": LAPLACE, "inverse": INVERSE, "soft_pinn": SOFT_PINN}[case]
+    cfg_path = write_toml(data, tmp_path / f"{case}.toml")
+    serial = fbpinn.train(fbpinn.load_config(cfg_path))
+    proc = mpirun(ranks, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "p")])
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    out = assert_same_run(serial, tmp_path / "p" / "run.h5")
+    assert out["attrs"]["n_ranks"] == ranks
+    assert f"{ranks} rank(s)" in proc.stdout
+
+
+@needs_mpi
+def test_one_failing_rank_ends_the_job(tmp_path):
+    cfg_path = write_toml(COS1D, tmp_path / "c.toml")
+    script = tmp_path / "fail.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from mpi4py import MPI
+        from fbpinn.problems.sinusoids import Cos1d
+        from fbpinn.cli import main
+
+        calls = [0]
+        original = Cos1d.residual
+
+        def residual(self, x, d):
+            calls[0] += 1
+            if MPI.COMM_WORLD.Get_rank() == 1 and calls[0] == 5:
+                raise RuntimeError("injected failure on rank 1")
+            return original(self, x, d)
+
+        Cos1d.residual = residual
+        sys.exit(main(["train", {str(cfg_path)!r}, "--out", {str(tmp_path / 'out')!r},
+                       "--set", "training.steps=100000"]))
+    """))
+    start = time.time()
+    proc = mpirun(2, [str(script)], timeout=90)
+    elapsed = time.time() - start
+    assert elapsed < 60
+    assert proc.returncode != 0
+    assert "rank 1/2" in proc.stderr and "injected failure on rank 1" in proc.stderr
+    assert not (tmp_path / "out" / "run.h5").exists()
+
+
+@needs_mpi
+def test_config_error_under_mpi_is_reported_once(tmp_path):
+    cfg_path = write_toml(COS1D, tmp_path / "c.toml")
+    proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--set", "training.steps=0"])
+    assert proc.returncode == 2
+    assert proc.stderr.count("config: training.steps: must be >= 1") == 1

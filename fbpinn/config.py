@@ -25,6 +25,7 @@ from .derivatives import ACTIVATIONS
 from .domains import SAMPLERS
 
 DTYPES = ("float32", "float64")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
@@ -63,6 +64,7 @@ class TrainingConfig:
     eval_every: int = 1000
     threads: int = 0  # torch CPU threads; 0: all cores (or OMP_NUM_THREADS)
     compile: bool = False  # torch.compile the loss and its backward (falls back to eager on failure)
+    device: str = "auto"  # auto: one GPU per rank where CUDA exists, else cpu; or "cpu", "cuda"
 
 
 @dataclass
@@ -244,6 +246,8 @@ def _validate(cfg: Config, problem_cls) -> None:
         raise ConfigError("training.lr_decay", f"must lie in (0, 1], got {tr.lr_decay}")
     if tr.dtype not in DTYPES:
         raise ConfigError("training.dtype", f"must be one of {', '.join(DTYPES)}, got {tr.dtype!r}")
+    if tr.device not in DEVICES:
+        raise ConfigError("training.device", f"must be one of {', '.join(DEVICES)}, got {tr.device!r}")
     if tr.sampler not in SAMPLERS:
         raise ConfigError("training.sampler", f"must be one of {', '.join(SAMPLERS)}, got {tr.sampler!r}")
     if len(tr.points) != dim or any(n < 1 for n in tr.points):

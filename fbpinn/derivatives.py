@@ -80,7 +80,7 @@ class ProductRule:
     def apply(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         terms = f[self.f_index] * g[self.g_index]  # (T, ...)
         out = torch.zeros((len(self.orders),) + terms.shape[1:], dtype=terms.dtype, device=terms.device)
-        return out.index_add(0, self.out_index.to(terms.device), terms)
+        return out.index_add(0, self.out_index, terms)
 
 
 class Activation:

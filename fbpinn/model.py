@@ -49,6 +49,15 @@ class Batch:
     def n(self) -> int:
         return self.x.shape[0]
 
+    def to(self, device) -> "Batch":
+        """The same batch with its tensors on ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        blocks = [LevelBlock(move(b.index), move(b.t_in), move(b.win)) for b in self.blocks]
+        rule = ProductRule(self.orders)
+        rule.f_index, rule.g_index, rule.out_index = (move(rule.f_index), move(rule.g_index),
+                                                      move(rule.out_index))
+        return Batch(move(self.x), self.orders, blocks, move(self.a), move(self.b), self.tables, rule)
+
     def pairs(self) -> int:
         """Number of padded (point, subdomain) slots evaluated per pass."""
         return sum(b.index.numel() for b in self.blocks)
@@ -69,7 +78,7 @@ class FBPINN(nn.Module):
     """
 
     def __init__(self, problem, levels, hidden, activation: str, generator: torch.Generator,
-                 dtype=torch.float32, held=None):
+                 dtype=torch.float32, held=None, device=None):
         super().__init__()
         self.problem = problem
         self.levels = list(levels)
@@ -88,6 +97,8 @@ class FBPINN(nn.Module):
             self._centres.append(lv.centres()[ids].to(dtype))  # (J, d)
             self._inv_h.append(1.0 / lv.half_widths()[ids].to(dtype))  # (J, d)
         self.scale = float(problem.output_scale)
+        self.device = torch.device(device or "cpu")
+        self.nets.to(self.device)
 
     # ------------------------------------------------------------------ preparation
     def prepare(self, x: torch.Tensor, orders=((),)) -> Batch:
@@ -100,7 +111,7 @@ class FBPINN(nn.Module):
         differentiable = x.requires_grad
         if differentiable and orders != [()]:
             raise ValueError("a differentiable batch carries the value only; use autograd for derivatives")
-        x = x.to(self.dtype)
+        x = x.to(self.dtype) if differentiable else x.detach().to("cpu", self.dtype)  # lookup runs on the CPU
         with torch.set_grad_enabled(differentiable):
             blocks = [self._level_block(i, x, orders) for i in range(len(self.levels))]
             a = b = None
@@ -111,7 +122,8 @@ class FBPINN(nn.Module):
                     with torch.enable_grad():
                         a = self._stack(autograd_derivatives(lambda y: self.problem.constraint(y)[0], x, orders), orders)
                         b = self._stack(autograd_derivatives(lambda y: self.problem.constraint(y)[1], x, orders), orders)
-        return Batch(x, orders, blocks, a, b, TaylorTables(orders), ProductRule(orders))
+        batch = Batch(x, orders, blocks, a, b, TaylorTables(orders), ProductRule(orders))
+        return batch if self.device.type == "cpu" else batch.to(self.device)
 
     @staticmethod
     def _stack(d: dict, orders) -> torch.Tensor:
@@ -173,7 +185,7 @@ class FBPINN(nn.Module):
     def value(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """Solution at ``x`` (N, d) without gradients, in chunks: (N,)."""
         with torch.no_grad():
-            parts = [self.forward(self.prepare(x[i:i + chunk]))[0] for i in range(0, x.shape[0], chunk)]
+            parts = [self.forward(self.prepare(x[i:i + chunk]))[0].cpu() for i in range(0, x.shape[0], chunk)]
         return torch.cat(parts) if parts else torch.zeros(0, dtype=self.dtype)
 
     def autograd(self, x: torch.Tensor, orders) -> dict:

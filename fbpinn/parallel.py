@@ -124,8 +124,14 @@ def configure_threads(ctx: Context, threads: int) -> int:
     return torch.get_num_threads()
 
 
-def select_device(ctx: Context) -> torch.device:
-    """One GPU per rank (node-local rank mod visible GPUs) where CUDA exists, else the CPU."""
+def select_device(ctx: Context, preference: str = "auto") -> torch.device:
+    """One GPU per rank (node-local rank mod visible GPUs) where CUDA exists, else the CPU.
+
+    ``preference`` "cpu" forces the CPU; "cuda" raises if no GPU is visible."""
+    if preference == "cpu":
+        return torch.device("cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device = 'cuda' but torch sees no CUDA device on this node")
     if torch.cuda.is_available():
         device = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -259,7 +265,8 @@ class HaloExchange:
         return list(self.net.weights) + list(self.net.biases)
 
     def _pack(self, tensors, slots) -> np.ndarray:
-        return torch.cat([t[slots].reshape(-1) for t in tensors]).detach().cpu().numpy().astype(np.float64)
+        # Buffers keep the parameters' dtype: float32 runs send half the bytes of float64 ones.
+        return torch.cat([t[slots.to(t.device)].reshape(-1) for t in tensors]).detach().cpu().numpy()
 
     def _unpack(self, buf: np.ndarray, tensors, slots, add: bool) -> None:
         offset = 0
@@ -278,7 +285,8 @@ class HaloExchange:
         from mpi4py import MPI
 
         per_slot = sum(math.prod(t.shape[1:]) for t in tensors)
-        recv_bufs = {r: np.empty(len(s) * per_slot, dtype=np.float64) for r, s in incoming.items()}
+        dtype = torch.empty(0, dtype=tensors[0].dtype).numpy().dtype
+        recv_bufs = {r: np.empty(len(s) * per_slot, dtype=dtype) for r, s in incoming.items()}
         reqs = [self.ctx.comm.Irecv(buf, source=r, tag=tag) for r, buf in recv_bufs.items()]
         send_bufs = {q: self._pack(tensors, s) for q, s in outgoing.items()}
         reqs += [self.ctx.comm.Isend(buf, dest=q, tag=tag) for q, buf in send_bufs.items()]

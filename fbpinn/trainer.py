@@ -30,7 +30,7 @@ from .derivatives import parse
 from .domains import sample
 from .model import FBPINN
 from .optim import Adam
-from .parallel import Context, Distribution, configure_threads as parallel_threads
+from .parallel import Context, Distribution, configure_threads as parallel_threads, select_device
 from .problems import Derivs, Term
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,10 @@ def build(cfg: Config, ctx: Context | None = None):
     dec = cfg.decomposition
     levels = [Level(problem.domain, dec.subdomains, dec.overlap, dec.window)]
     dist = Distribution(ctx, levels[0], cfg.parallel.axes or None)
-    model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, held=[dist.held])
+    device = select_device(ctx, cfg.training.device)
+    model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, held=[dist.held],
+                   device=device)
+    problem.to(device)
     dist.attach(model.nets[0])
     return problem, model, gen, dist
 
@@ -100,6 +103,7 @@ class Trainer:
         self.extra_terms = self.problem.terms(self.gen)
         self.terms, self.batch, self.slices = [], None, []
         self.bytes_sent = 0
+        self.comm_seconds = 0.0  # time in halo exchange and reductions (includes waiting for other ranks)
         self.resample()
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
         self.optimizer = Adam(self.params, lr=tr.lr)
@@ -121,7 +125,7 @@ class Trainer:
                        region=self.dist.region if self.ctx.parallel else None, closed_hi=self.dist.closed)
             terms.append(Term("physics", x, tuple(self.problem.needs), self.problem.residual, 1.0,
                               n_global=math.prod(tr.points)))
-        self.terms = terms + [t.select(self.dist.select(t.x)) for t in self.extra_terms]
+        self.terms = [t.to(self.model.device) for t in terms + [t.select(self.dist.select(t.x)) for t in self.extra_terms]]
         # All terms' points go through the model in one pass; each term reads its slice.
         x = torch.cat([t.x.to(self.dtype) for t in self.terms])  # (N, d)
         orders = {parse(n, self.problem.axes) for t in self.terms for n in t.needs}
@@ -162,13 +166,19 @@ class Trainer:
             self.resample()
         lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
         self.optimizer.lr = lr
+        t0 = time.perf_counter()
         self.bytes_sent += self.dist.refresh_halo()
+        t1 = time.perf_counter()
         loss, parts = self._loss()
         self.optimizer.zero_grad()
         loss.backward()
+        t2 = time.perf_counter()
         self.bytes_sent += self.dist.reduce_gradients(self.model.nets[0], self.problem.parameters().values())
+        t3 = time.perf_counter()
         self.optimizer.step()
-        parts = self.ctx.allreduce(parts.detach().double().numpy())  # (T,) summed over ranks
+        t4 = time.perf_counter()
+        parts = self.ctx.allreduce(parts.detach().double().cpu().numpy())  # (T,) summed over ranks
+        self.comm_seconds += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
         return float(parts.sum()), parts, lr
 
     def evaluate(self):
@@ -176,7 +186,7 @@ class Trainer:
         self.dist.refresh_halo()
         with torch.no_grad():
             if self.test_batch is not None:
-                u = self.model(self.test_batch)[0]
+                u = self.model(self.test_batch)[0].cpu()
             else:
                 u = self.model.value(self.x_test[self.test_mask])
         err = math.nan
@@ -237,6 +247,9 @@ class Trainer:
                 logger.info("step %*d/%d  loss %.4e%s%s  %.0f steps/s  ETA %s", len(str(tr.steps)), step,
                             tr.steps, value, err_text, learned, rate, _hms(eta))
         run.wall_time = time.perf_counter() - t0
+        if self.ctx.parallel:
+            logger.info("communication: %.1f%% of the training time, %.0f bytes sent per step by rank 0",
+                        100 * self.comm_seconds / max(run.wall_time, 1e-9), self.bytes_sent / tr.steps)
         run.history = hist
         run.u_test = self.gather_solution(self.evaluate()[0])
         run.x_test, run.u_exact = self.x_test, self.u_exact

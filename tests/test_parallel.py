@@ -1,6 +1,7 @@
 """MPI training: partitions, halos, and runs under mpiexec equal to the one-process run."""
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,9 @@ def test_mpi_equals_serial(tmp_path, case, ranks):
     out = assert_same_run(serial, tmp_path / "p" / "run.h5")
     assert out["attrs"]["n_ranks"] == ranks
     assert f"{ranks} rank(s)" in proc.stdout
+    # Ranks on one node share its cores (unless OMP_NUM_THREADS says otherwise).
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // ranks))
+    assert f"{threads} thread(s)" in proc.stdout
 
 
 @needs_mpi
@@ -163,3 +167,33 @@ def test_config_error_under_mpi_is_reported_once(tmp_path):
     proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--set", "training.steps=0"])
     assert proc.returncode == 2
     assert proc.stderr.count("config: training.steps: must be >= 1") == 1
+
+
+def test_without_mpi4py_runs_serially(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails as if it were not installed
+    ctx = Context.from_environment()
+    assert (ctx.size, ctx.parallel) == (1, False)
+    run = fbpinn.train(fbpinn.load_config(data={**COS1D, "training": {**COS1D["training"], "steps": 3}}), ctx)
+    assert run.n_ranks == 1 and len(run.loss_per_step) == 3
+
+
+def test_parallel_axes_config():
+    from fbpinn.config import ConfigError
+
+    cfg = fbpinn.load_config(data={**LAPLACE, "parallel": {"axes": [1]}})
+    assert cfg.parallel.axes == [1]
+    with pytest.raises(ConfigError, match=r"parallel.axes: must list distinct axis numbers in 0..1"):
+        fbpinn.load_config(data={**LAPLACE, "parallel": {"axes": [2]}})
+    level = Level(Box([0.0, 0.0], [1.0, 1.0]), (5, 3), 1.9)
+    assert Partition(level, 3, axes=[1]).dims == [1, 3]
+
+
+def test_device_selection():
+    from fbpinn.parallel import select_device
+
+    ctx = Context(None)
+    assert select_device(ctx, "cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert select_device(ctx, "auto").type == "cpu"
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            select_device(ctx, "cuda")

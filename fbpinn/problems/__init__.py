@@ -48,6 +48,10 @@ class Term:
     target: torch.Tensor | None = None  # (n,) values the residual should take; zero if None
     n_global: int | None = None  # points in the whole term (all processes); len(x) if None
 
+    def to(self, device) -> "Term":
+        target = None if self.target is None else self.target.to(device)
+        return Term(self.name, self.x.to(device), self.needs, self.residual, self.weight, target, self.n_global)
+
     def select(self, mask: torch.Tensor) -> "Term":
         """The part of the term at the points ``mask`` keeps, counting all points globally."""
         target = None if self.target is None else self.target[mask]
@@ -114,8 +118,15 @@ class Problem:
         return []
 
     def parameters(self) -> dict:
-        """Learnable constants of the equation: name -> 0-d tensor requiring grad."""
+        """Learnable constants of the equation: name -> 0-d tensor requiring grad.
+
+        Each is also the problem's attribute of that name (``self.mu``)."""
         return {}
+
+    def to(self, device) -> None:
+        """Move the learnable constants to ``device``."""
+        for name, t in self.parameters().items():
+            setattr(self, name, t.detach().to(device).requires_grad_(True))
 
     def observations(self):
         """Observed points and values ``(x (n, d), u (n,))`` used by a data term, or None."""

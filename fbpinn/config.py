@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +189,7 @@ def _build(cls, table: dict, section: str):
 def _coerce(value, hint, key):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is list:

@@ -99,7 +99,6 @@ class Trainer:
         tr = cfg.training
         self.problem, self.model, self.gen, self.dist = build(cfg, self.ctx)
         self.dtype = self.model.dtype
-        self.physics_needs = [parse(n, self.problem.axes) for n in self.problem.needs]
         self.extra_terms = self.problem.terms(self.gen)
         self.terms, self.batch, self.slices = [], None, []
         self.bytes_sent = 0

@@ -1,6 +1,5 @@
 """Subdomain grids: partition of unity and point-to-subdomain lookup."""
 
-import itertools
 import math
 
 import pytest

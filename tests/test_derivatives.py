@@ -5,7 +5,6 @@ import torch
 
 from fbpinn.decomposition import Level
 from fbpinn.derivatives import closure, parse
-from fbpinn.domains import Box
 from fbpinn.model import FBPINN
 from fbpinn.problems import Problem
 from fbpinn.registry import names

@@ -5,7 +5,6 @@ import os
 import h5py
 import numpy as np
 import pytest
-import torch
 
 import fbpinn
 from conftest import make_config

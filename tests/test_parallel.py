@@ -1,6 +1,5 @@
 """MPI training: partitions, halos, and runs under mpiexec equal to the one-process run."""
 
-import math
 import os
 import shutil
 import subprocess

@@ -9,7 +9,7 @@ Its ``Params`` dataclass lists the keys of the config's ``[problem]`` table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

@@ -1,4 +1,4 @@
-"""The ``fbpinn`` command line: ``train``, ``plot``, ``info``, ``problems``.
+"""The ``fbpinn`` command line: ``train``, ``plot``, ``info``, ``merge``, ``problems``.
 
 Every command has ``--help``.  Bad input (config, results file, argument) prints
 one line ``fbpinn: error: ...`` and exits with status 2; a run that fails while
@@ -28,7 +28,7 @@ def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .io import write_results
+    from .io import write_part, write_results
     from .trainer import train
 
     ctx = args.ctx
@@ -38,9 +38,14 @@ def cmd_train(args) -> int:
         raise UsageError(f"results folder {out} exists and is not a folder")
     logger.info("config %s -> %s", args.config, out / "run.h5")
     run = train(cfg, ctx)
+    blocks = None
+    if run.block is not None:  # output.per_rank: every rank writes its part, rank 0 the virtual master
+        write_part(out / "run.h5", run.block)
+        blocks = ctx.gather((run.block["offset"], run.block["shape"]))
+        ctx.barrier()
     if ctx.rank != 0:
         return 0
-    path = write_results(out / "run.h5", run)
+    path = write_results(out / "run.h5", run, blocks)
     final = run.history["rel_l2"][-1]
     learned = "".join(f", learned {k} = {v:.6g}" for k, v in run.learned.items())
     logger.info("wrote %s (rel_l2 %.3e%s, %.1f s)", path, final, learned, run.wall_time)
@@ -83,6 +88,13 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from .io import merge
+
+    logger.info("wrote %s", merge(args.file, args.output))
+    return 0
+
+
 def cmd_problems(args) -> int:
     from .problems import all_problems
 
@@ -121,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file", help="run.h5 file")
     i.add_argument("--config", action="store_true", help="also print the resolved config")
     i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("merge", help="make one self-contained file from a per-rank results file",
+                       description="Copy a run.h5 whose solution is split over per-rank files (output.per_rank) "
+                                   "into one self-contained file, reading the virtual datasets through.")
+    m.add_argument("file", help="run.h5 file written with output.per_rank = true")
+    m.add_argument("-o", "--output", metavar="FILE", help="merged file (default: <name>_merged.h5 beside it)")
+    m.set_defaults(func=cmd_merge)
 
     pr = sub.add_parser("problems", help="list the registered problems", description="List the problems by name.")
     pr.set_defaults(func=cmd_problems)

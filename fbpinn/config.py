@@ -81,6 +81,7 @@ class ParallelConfig:
 @dataclass
 class OutputConfig:
     dir: str = ""  # results folder; empty: results/<config file stem>
+    per_rank: bool = False  # under MPI: each rank writes its test-grid block to run_p{rank}.h5
 
 
 @dataclass

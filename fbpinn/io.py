@@ -27,15 +27,15 @@ class ResultsError(ValueError):
     """A file that is not a readable fbpinn results file."""
 
 
-def write_results(path, run) -> Path:
-    """Write a :class:`fbpinn.trainer.Run` to ``path`` atomically; returns the path."""
+def _atomic(path, fill) -> Path:
+    """Create ``path`` by ``fill(h5py.File)`` on a temporary file renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
-            _fill(f, run)
+            fill(f)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
@@ -46,7 +46,45 @@ def write_results(path, run) -> Path:
     return path
 
 
-def _fill(f: h5py.File, run) -> None:
+def write_results(path, run, blocks=None) -> Path:
+    """Write a :class:`fbpinn.trainer.Run` to ``path`` atomically; returns the path.
+
+    ``blocks``: the (offset, shape) of every rank's part file when the solution was
+    written per rank (:func:`write_part`); the solution datasets are then virtual."""
+    return _atomic(path, lambda f: _fill(f, run, blocks, Path(path)))
+
+
+def part_name(path, rank: int) -> str:
+    """File name of rank ``rank``'s part beside the results file ``path``: run_p{rank}.h5."""
+    path = Path(path)
+    return f"{path.stem}_p{rank}{path.suffix}"
+
+
+def write_part(path, block: dict) -> Path:
+    """Write one rank's block of the test-grid solution beside ``path`` (atomically)."""
+    def fill(f):
+        f.attrs["format"] = "fbpinn-part"
+        f.attrs["rank"] = block["rank"]
+        f.attrs["offset"] = np.asarray(block["offset"])
+        f["u"] = block["u"]
+        if block["exact"] is not None:
+            f["exact"] = block["exact"]
+            f["error"] = block["u"] - block["exact"]
+
+    return _atomic(Path(path).with_name(part_name(path, block["rank"])), fill)
+
+
+def _virtual(group, name: str, shape, path, blocks) -> None:
+    layout = h5py.VirtualLayout(shape=tuple(shape), dtype="f8")
+    for rank, (offset, bshape) in enumerate(blocks):
+        if 0 in bshape:
+            continue
+        source = h5py.VirtualSource(part_name(path, rank), name, shape=tuple(bshape))
+        layout[tuple(slice(o, o + n) for o, n in zip(offset, bshape))] = source
+    group.create_virtual_dataset(name, layout, fillvalue=np.nan)
+
+
+def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
     cfg, problem, model = run.cfg, run.problem, run.model
     f.attrs["format"] = "fbpinn-results"
     f.attrs["schema_version"] = SCHEMA_VERSION
@@ -86,10 +124,15 @@ def _fill(f: h5py.File, run) -> None:
     shape = tuple(cfg.test.points)
     for name, axis in zip(problem.axes, problem.domain.grid_axes(shape)):
         sol[f"axis_{name}"] = axis.numpy()
-    sol["u"] = run.u_test.double().numpy().reshape(shape)
-    if run.u_exact is not None:
-        sol["exact"] = run.u_exact.numpy().reshape(shape)
-        sol["error"] = sol["u"][()] - sol["exact"][()]
+    if blocks is not None:
+        sol.attrs["parts"] = len(blocks)
+        for name in ("u", "exact", "error") if run.u_exact is not None else ("u",):
+            _virtual(sol, name, shape, path, blocks)
+    else:
+        sol["u"] = run.u_test.double().numpy().reshape(shape)
+        if run.u_exact is not None:
+            sol["exact"] = run.u_exact.numpy().reshape(shape)
+            sol["error"] = sol["u"][()] - sol["exact"][()]
     obs = problem.observations()
     if obs is not None:
         data = f.create_group("observations")
@@ -129,7 +172,49 @@ def read_results(path) -> dict:
         for group in ("decomposition", "training", "solution", "parameters"):
             if group not in f:
                 raise ResultsError(f"{path}: missing group /{group}")
+        missing = missing_parts(f, path)
+        if missing:
+            raise ResultsError(f"{path}: its solution is split over per-rank files and these are missing: "
+                               f"{', '.join(missing)}")
         return _to_dict(f)
+
+
+def missing_parts(f: h5py.File, path) -> list[str]:
+    """Names of per-rank part files that the virtual solution datasets of ``f`` need but are absent."""
+    names = set()
+    for ds in f["solution"].values():
+        if isinstance(ds, h5py.Dataset) and ds.is_virtual:
+            names.update(s.file_name for s in ds.virtual_sources())
+    return sorted(n for n in names if not (Path(path).parent / n).is_file())
+
+
+def merge(path, out=None) -> Path:
+    """Copy a results file whose solution is split over per-rank files into one self-contained file."""
+    path = Path(path)
+    read_results(path)  # validates, and checks the part files are there
+    out = Path(out) if out else path.with_name(f"{path.stem}_merged{path.suffix}")
+    if out.resolve() == path.resolve():
+        raise ResultsError(f"{out}: the merged file must differ from its source")
+
+    def copy(dst_group, src_group):
+        for k, v in src_group.attrs.items():
+            dst_group.attrs[k] = v
+        for name, item in src_group.items():
+            if isinstance(item, h5py.Group):
+                copy(dst_group.create_group(name), item)
+            else:
+                dst_group.create_dataset(name, data=item[()])  # virtual datasets are read through
+                for k, v in item.attrs.items():
+                    dst_group[name].attrs[k] = v
+
+    def fill(dst):
+        copy(dst, src)
+        del dst["solution"].attrs["parts"]  # nothing is split any more
+
+    with h5py.File(path, "r") as src:
+        if "parts" not in src["solution"].attrs:
+            raise ResultsError(f"{path}: already self-contained (its solution is not split over per-rank files)")
+        return _atomic(out, fill)
 
 
 def _to_dict(g) -> dict:

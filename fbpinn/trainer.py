@@ -58,6 +58,7 @@ class Run:
     start_time: float = 0.0
     n_ranks: int = 1
     parameters: dict = field(default_factory=dict)  # "level0/W0" -> full stacked array
+    block: dict | None = None  # this rank's solution block when written per rank (output.per_rank)
 
 
 def configure_threads(threads: int, ctx: Context | None = None) -> int:
@@ -195,6 +196,19 @@ class Trainer:
             err = math.sqrt(sums[0] / sums[1])
         return u, err
 
+    def solution_block(self, u_local: torch.Tensor) -> dict:
+        """This rank's test points as a box of the test grid: offset, shape, u and the exact solution."""
+        offset, shape = [], []
+        for d, axis in enumerate(self.problem.domain.grid_axes(self.cfg.test.points)):
+            box, closed = self.dist.region, self.dist.closed
+            inside = (axis >= box.lo[d]) & ((axis <= box.hi[d]) if closed[d] else (axis < box.hi[d]))
+            idx = inside.nonzero()[:, 0]
+            offset.append(int(idx[0]) if len(idx) else 0)
+            shape.append(len(idx))
+        exact = None if self.u_exact is None else self.u_exact[self.test_mask].numpy().reshape(shape)
+        return {"rank": self.ctx.rank, "offset": offset, "shape": shape,
+                "u": u_local.double().numpy().reshape(shape), "exact": exact}
+
     def gather_solution(self, u_local: torch.Tensor):
         """The test-grid solution assembled on rank 0 (None elsewhere)."""
         parts = self.ctx.gather((self.test_mask.nonzero()[:, 0].numpy(), u_local.double().numpy()))
@@ -250,7 +264,11 @@ class Trainer:
             logger.info("communication: %.1f%% of the training time, %.0f bytes sent per step by rank 0",
                         100 * self.comm_seconds / max(run.wall_time, 1e-9), self.bytes_sent / tr.steps)
         run.history = hist
-        run.u_test = self.gather_solution(self.evaluate()[0])
+        u_local = self.evaluate()[0]
+        if self.ctx.parallel and cfg.output.per_rank:
+            run.block = self.solution_block(u_local)  # each rank writes its own part file
+        else:
+            run.u_test = self.gather_solution(u_local)
         run.x_test, run.u_exact = self.x_test, self.u_exact
         run.parameters = {f"level0/{k}": v for k, v in (self.dist.gather_parameters(self.model.nets[0]) or {}).items()}
         run.learned = {k: v.item() for k, v in self.problem.parameters().items()}

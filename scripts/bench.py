@@ -121,7 +121,17 @@ def write_markdown(out: Path, rows, command: str, args) -> None:
         lines.append(f"| {name} (`{path}`) | {med:.2e} ({min(errors):.1e}-{max(errors):.1e}) | {ref_err:.2e} | "
                      f"{ours:.3f} | {best[0]} thread(s), compile {'on' if best[1] else 'off'} | "
                      f"{ref_ms if ref_ms else '-'} | {ratio} |")
-    lines += ["", "Speed ratio: reference ms/step divided by ours (above 1: we are faster).", "",
+    lines += ["", "Speed ratio: reference ms/step divided by ours (above 1: we are faster).", ""]
+    for name, path, ref_err, ref_ms, timings, best, errors in rows:
+        med = statistics.median(errors)
+        verdict = "reaches" if med <= ref_err else f"does not reach ({med / ref_err:.1f}x the reference's error)"
+        if ref_ms:
+            speed = (f"{ref_ms / timings[best]:.2f}x the reference's speed" if timings[best] < ref_ms
+                     else f"{timings[best] / ref_ms:.2f}x slower than the reference")
+        else:
+            speed = "no reference time"
+        lines.append(f"- {name}: median error {verdict} the reference's {ref_err:.2e}; {speed}.")
+    lines += ["",
               "Step time for every setting (ms/step):", "",
               "| study | 1 thread | 1 thread, compiled | 2 threads | 2 threads, compiled |", "|---|---|---|---|---|"]
     for name, path, ref_err, ref_ms, timings, best, errors in rows:

@@ -114,7 +114,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", nargs=2, type=int, metavar=("SUBDOMAINS", "POINTS"), help="one measurement (under mpiexec)")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--per-rank", type=int, default=32, help="subdomains per rank in the weak-scaling runs")
+    p.add_argument("--per-rank", type=int, nargs="+", default=[32, 128],
+                   help="subdomains per rank in the weak-scaling runs (one study per value)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; medians are reported")
     p.add_argument("--out", default=str(ROOT / "docs" / "scaling.md"))
     args = p.parse_args(argv)
@@ -125,11 +126,11 @@ def main(argv=None) -> int:
     from fbpinn.parallel import rank_grid
 
     command = "python scripts/scaling.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    k = args.per_rank
-    # (ranks, subdomains): weak 1 and 2 ranks, 2 ranks with twice the subdomains (bytes vs total count),
-    # strong 1 and 2 ranks.  Rounds interleave the runs so that drifts of the machine hit all alike;
-    # each figure is the median over the rounds.
-    runs = [(1, k), (2, 2 * k), (2, 4 * k), (1, 2 * k)]
+    k = args.per_rank[0]
+    # (ranks, subdomains): weak 1 and 2 ranks per size, 2 ranks with twice the subdomains (bytes vs total
+    # count), strong 1 and 2 ranks.  Rounds interleave the runs so that drifts of the machine hit all
+    # alike; each figure is the median over the rounds.
+    runs = [(1, k), (2, 2 * k), (2, 4 * k), (1, 2 * k)] + [(r, r * j) for j in args.per_rank[1:] for r in (1, 2)]
     rounds = [[measure(r, j, 100 * j, args.steps) for r, j in runs] for _ in range(args.rounds)]
     med = []
     for i in range(len(runs)):
@@ -140,6 +141,7 @@ def main(argv=None) -> int:
         med.append(row)
         print(row, flush=True)
     weak, weak_big, strong = [med[0], med[1]], med[2], [med[3], med[1]]
+    weak_sizes = [weak] + [med[4 + 2 * i:6 + 2 * i] for i in range(len(args.per_rank) - 1)]
 
     lines = ["# Scaling", "", f"Command: `{command}` (from the repository root).", "",
              "Machine: 2 CPU cores, one torch thread per rank, MPICH from the `mpich` wheel, float32, "
@@ -150,10 +152,11 @@ def main(argv=None) -> int:
              "", "## Weak scaling (work per rank fixed)", "",
              "| ranks | subdomains | points | ms/step | efficiency t1/tR | communication share | bytes/step/rank |",
              "|---|---|---|---|---|---|---|"]
-    for row in weak:
-        lines.append(f"| {row['ranks']} | {row['subdomains']} | {row['points']} | {row['step_ms']:.3f} {row['all_ms']} | "
-                     f"{weak[0]['step_ms'] / row['step_ms']:.2f} | {100 * row['comm_share']:.1f}% | "
-                     f"{row['bytes_per_step']:.0f} |")
+    for pair in weak_sizes:
+        for row in pair:
+            lines.append(f"| {row['ranks']} | {row['subdomains']} | {row['points']} | {row['step_ms']:.3f} "
+                         f"{row['all_ms']} | {pair[0]['step_ms'] / row['step_ms']:.2f} | "
+                         f"{100 * row['comm_share']:.1f}% | {row['bytes_per_step']:.0f} |")
     lines += ["", f"Bytes per step per rank do not grow with the total subdomain count: 2 ranks with "
               f"{weak[1]['subdomains']} subdomains send {weak[1]['bytes_per_step']:.0f} B/step, 2 ranks with "
               f"{weak_big['subdomains']} subdomains send {weak_big['bytes_per_step']:.0f} B/step.", "",

@@ -196,3 +196,31 @@ def test_device_selection():
         assert select_device(ctx, "auto").type == "cpu"
         with pytest.raises(RuntimeError, match="no CUDA device"):
             select_device(ctx, "cuda")
+
+
+@needs_mpi
+def test_per_rank_solution_files_and_merge(tmp_path):
+    from fbpinn.cli import main
+    from fbpinn.io import ResultsError
+
+    cfg_path = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "steps": 10}, "test": {"points": [31, 17]}},
+                          tmp_path / "l.toml")
+    serial = fbpinn.train(fbpinn.load_config(cfg_path))
+    out = tmp_path / "p"
+    proc = mpirun(3, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(out), "--set", "output.per_rank=true"])
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["run.h5", "run_p0.h5", "run_p1.h5", "run_p2.h5"]
+    data = read_results(out / "run.h5")
+    u = data["solution"]["u"]
+    assert u.shape == (31, 17) and not np.isnan(u).any()
+    assert np.abs(u.ravel() - serial.u_test.numpy()).max() < 1e-12
+    assert np.allclose(data["solution"]["error"], u - data["solution"]["exact"], rtol=0, atol=1e-15)
+
+    assert main(["merge", str(out / "run.h5"), "-o", str(tmp_path / "one.h5")]) == 0
+    for part in out.glob("run_p*.h5"):
+        part.unlink()
+    with pytest.raises(ResultsError, match="missing: run_p0.h5, run_p1.h5, run_p2.h5"):
+        read_results(out / "run.h5")
+    merged = read_results(tmp_path / "one.h5")
+    assert np.array_equal(merged["solution"]["u"], u)
+    assert main(["merge", str(tmp_path / "one.h5")]) == 2  # already self-contained

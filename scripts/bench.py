@@ -138,8 +138,12 @@ def write_markdown(out: Path, rows, command: str, args) -> None:
         lines.append(f"| {name} | " + " | ".join(f"{timings[k]:.3f}" for k in
                                                  [(1, False), (1, True), (2, False), (2, True)]) + " |")
     lines.append("")
+    # A hand-written "## Notes" section (analysis of the figures) survives a re-run.
+    notes = ""
+    if out.is_file() and "\n## Notes" in out.read_text():
+        notes = out.read_text()[out.read_text().index("\n## Notes"):]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    out.write_text("\n".join(lines) + notes)
 
 
 if __name__ == "__main__":

@@ -381,9 +381,10 @@ class Distribution:
         return sent
 
     def owned_slots(self, net) -> torch.Tensor:
-        """Local slots of the subdomains this rank owns (all of them when replicated)."""
+        """Local slots of the subdomains this rank owns.  A replicated level is reported by
+        rank 0 alone, so that gathering collects every subdomain exactly once."""
         if self.partition is None:
-            return torch.arange(net.n_held) if self.ctx.rank == 0 or not self.ctx.parallel else torch.zeros(0, dtype=torch.long)
+            return torch.arange(net.n_held) if self.ctx.rank == 0 else torch.zeros(0, dtype=torch.long)
         mine = set(self.partition.owned(self.ctx.rank))
         return torch.tensor([i for i, g in enumerate(net.held.tolist()) if g in mine], dtype=torch.long)
 

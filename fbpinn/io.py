@@ -126,7 +126,7 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
         sol[f"axis_{name}"] = axis.numpy()
     if blocks is not None:
         sol.attrs["parts"] = len(blocks)
-        for name in ("u", "exact", "error") if run.u_exact is not None else ("u",):
+        for name in ("u", "exact", "error") if run.has_exact else ("u",):
             _virtual(sol, name, shape, path, blocks)
     else:
         sol["u"] = run.u_test.double().numpy().reshape(shape)

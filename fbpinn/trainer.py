@@ -3,7 +3,7 @@
 Glossary of short names used below:
 
     cfg     resolved :class:`fbpinn.config.Config`
-    x       (N, d) points; ``x_test`` the test grid
+    x       (N, d) points; ``x_test`` this rank's box of the test grid
     term    one loss term (residual, soft condition or observations) and its points
     batch   a term's points prepared by :meth:`FBPINN.prepare` (pairs, windows, ansatz)
     U       (K, N) solution and derivatives at a batch's points
@@ -50,9 +50,9 @@ class Run:
     term_names: list
     history: dict = field(default_factory=dict)  # name -> list, aligned at evaluation steps
     loss_per_step: list = field(default_factory=list)
-    x_test: torch.Tensor | None = None
-    u_test: torch.Tensor | None = None
+    u_test: torch.Tensor | None = None  # (N_test,) on rank 0, test grid flattened, first axis slowest
     u_exact: torch.Tensor | None = None
+    has_exact: bool = False
     learned: dict = field(default_factory=dict)
     wall_time: float = 0.0
     start_time: float = 0.0
@@ -94,25 +94,28 @@ def relative_l2(u: torch.Tensor, exact: torch.Tensor) -> float:
 class Trainer:
     """Owns the optimiser, the loss terms and their prepared batches for one run."""
 
+    PREPARED_TEST_POINTS = 2**20  # larger test grids are evaluated in chunks, prepared each time
+
     def __init__(self, cfg: Config, ctx: Context | None = None):
         self.cfg = cfg
         self.ctx = ctx or Context(None)
         tr = cfg.training
         self.problem, self.model, self.gen, self.dist = build(cfg, self.ctx)
         self.dtype = self.model.dtype
-        self.extra_terms = self.problem.terms(self.gen)
+        # Boundary and observation terms: this rank's points, fixed for the whole run.
+        self.extra_terms = [t.select(self.dist.select(t.x)).to(self.model.device) for t in self.problem.terms(self.gen)]
         self.terms, self.batch, self.slices = [], None, []
         self.bytes_sent = 0
         self.comm_seconds = 0.0  # time in halo exchange and reductions (includes waiting for other ranks)
         self.resample()
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
         self.optimizer = Adam(self.params, lr=tr.lr)
-        self.x_test = self.problem.domain.grid(cfg.test.points)  # (N_test, d) float64, all ranks
+        # This rank's box of the test grid (the whole grid on one process); no rank builds the whole grid.
+        self.test_offset, self.test_shape, self.x_test = self._test_block()  # x_test: (n_local, d) float64
         exact = self.problem.exact(self.x_test)
-        self.u_exact = None if exact is None else exact.double()
-        self.test_mask = self.dist.select(self.x_test)  # this rank's test points
-        x_local = self.x_test[self.test_mask]
-        self.test_batch = self.model.prepare(x_local) if x_local.shape[0] <= 2**20 else None
+        self.exact_local = None if exact is None else exact.double()
+        small = self.x_test.shape[0] <= self.PREPARED_TEST_POINTS
+        self.test_batch = self.model.prepare(self.x_test) if small else None
         self._loss = self._compiled_loss if tr.compile else self._loss_impl
         self._compiled = None
 
@@ -125,7 +128,7 @@ class Trainer:
                        region=self.dist.region if self.ctx.parallel else None, closed_hi=self.dist.closed)
             terms.append(Term("physics", x, tuple(self.problem.needs), self.problem.residual, 1.0,
                               n_global=math.prod(tr.points)))
-        self.terms = [t.to(self.model.device) for t in terms + [t.select(self.dist.select(t.x)) for t in self.extra_terms]]
+        self.terms = [t.to(self.model.device) for t in terms] + self.extra_terms
         # All terms' points go through the model in one pass; each term reads its slice.
         x = torch.cat([t.x.to(self.dtype) for t in self.terms])  # (N, d)
         orders = {parse(n, self.problem.axes) for t in self.terms for n in t.needs}
@@ -181,6 +184,19 @@ class Trainer:
         self.comm_seconds += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
         return float(parts.sum()), parts, lr
 
+    def _test_block(self):
+        """Offset and shape of this rank's box of the test grid, and its points (float64)."""
+        offset, shape, axes = [], [], []
+        box, closed = self.dist.region, self.dist.closed
+        for d, axis in enumerate(self.problem.domain.grid_axes(self.cfg.test.points)):
+            inside = (axis >= box.lo[d]) & ((axis <= box.hi[d]) if closed[d] else (axis < box.hi[d]))
+            idx = inside.nonzero()[:, 0]
+            offset.append(int(idx[0]) if len(idx) else 0)
+            shape.append(len(idx))
+            axes.append(axis[idx])
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        return offset, shape, torch.stack([m.reshape(-1) for m in mesh], dim=1)  # first axis slowest
+
     def evaluate(self):
         """This rank's test-grid solution and the global relative L2 error (nan without an exact solution)."""
         self.dist.refresh_halo()
@@ -188,36 +204,33 @@ class Trainer:
             if self.test_batch is not None:
                 u = self.model(self.test_batch)[0].cpu()
             else:
-                u = self.model.value(self.x_test[self.test_mask])
+                u = self.model.value(self.x_test)
         err = math.nan
-        if self.u_exact is not None:
-            e = self.u_exact[self.test_mask]
+        if self.exact_local is not None:
+            e = self.exact_local
             sums = self.ctx.allreduce(np.array([float(((u.double() - e) ** 2).sum()), float((e * e).sum())]))
             err = math.sqrt(sums[0] / sums[1])
         return u, err
 
     def solution_block(self, u_local: torch.Tensor) -> dict:
-        """This rank's test points as a box of the test grid: offset, shape, u and the exact solution."""
-        offset, shape = [], []
-        for d, axis in enumerate(self.problem.domain.grid_axes(self.cfg.test.points)):
-            box, closed = self.dist.region, self.dist.closed
-            inside = (axis >= box.lo[d]) & ((axis <= box.hi[d]) if closed[d] else (axis < box.hi[d]))
-            idx = inside.nonzero()[:, 0]
-            offset.append(int(idx[0]) if len(idx) else 0)
-            shape.append(len(idx))
-        exact = None if self.u_exact is None else self.u_exact[self.test_mask].numpy().reshape(shape)
-        return {"rank": self.ctx.rank, "offset": offset, "shape": shape,
-                "u": u_local.double().numpy().reshape(shape), "exact": exact}
+        """This rank's box of the test grid: offset, shape, u and the exact solution."""
+        exact = None if self.exact_local is None else self.exact_local.numpy().reshape(self.test_shape)
+        return {"rank": self.ctx.rank, "offset": self.test_offset, "shape": self.test_shape,
+                "u": u_local.double().numpy().reshape(self.test_shape), "exact": exact}
 
     def gather_solution(self, u_local: torch.Tensor):
-        """The test-grid solution assembled on rank 0 (None elsewhere)."""
-        parts = self.ctx.gather((self.test_mask.nonzero()[:, 0].numpy(), u_local.double().numpy()))
+        """The test-grid solution and exact solution (or None) assembled on rank 0; (None, None) elsewhere."""
+        parts = self.ctx.gather(self.solution_block(u_local))
         if parts is None:
-            return None
-        u = np.zeros(self.x_test.shape[0])
-        for idx, vals in parts:
-            u[idx] = vals
-        return torch.from_numpy(u)
+            return None, None
+        u = np.zeros(self.cfg.test.points)
+        exact = None if self.exact_local is None else np.zeros(self.cfg.test.points)
+        for p in parts:
+            box = tuple(slice(o, o + n) for o, n in zip(p["offset"], p["shape"]))
+            u[box] = p["u"]
+            if exact is not None:
+                exact[box] = p["exact"]
+        return torch.from_numpy(u.reshape(-1)), None if exact is None else torch.from_numpy(exact.reshape(-1))
 
     def run(self) -> Run:
         cfg, tr = self.cfg, self.cfg.training
@@ -267,9 +280,10 @@ class Trainer:
         u_local = self.evaluate()[0]
         if self.ctx.parallel and cfg.output.per_rank:
             run.block = self.solution_block(u_local)  # each rank writes its own part file
+            run.has_exact = self.exact_local is not None
         else:
-            run.u_test = self.gather_solution(u_local)
-        run.x_test, run.u_exact = self.x_test, self.u_exact
+            run.u_test, run.u_exact = self.gather_solution(u_local)
+            run.has_exact = run.u_exact is not None
         run.parameters = {f"level0/{k}": v for k, v in (self.dist.gather_parameters(self.model.nets[0]) or {}).items()}
         run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
         return run

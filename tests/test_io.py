@@ -58,7 +58,7 @@ def test_write_is_atomic(run, tmp_path, monkeypatch):
     path = write_results(tmp_path / "run.h5", run)
     before = path.read_bytes()
 
-    def broken(f, run):
+    def broken(f, run, blocks=None, path=None):
         f["partial"] = np.zeros(3)
         raise RuntimeError("disk full")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,8 @@ def cmd_train(args) -> int:
     out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
     if out.exists() and not out.is_dir():
         raise UsageError(f"results folder {out} exists and is not a folder")
+    if ctx.rank == 0:
+        _check_writable(out)  # before training, not after it
     logger.info("config %s -> %s", args.config, out / "run.h5")
     run = train(cfg, ctx)
     blocks = None
@@ -106,6 +109,17 @@ def cmd_problems(args) -> int:
 
 class UsageError(ValueError):
     pass
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a probe file in it, or raise UsageError naming the problem."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".fbpinn-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write results to {folder}: {e.strerror or e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -131,7 +131,9 @@ def select_device(ctx: Context, preference: str = "auto") -> torch.device:
     if preference == "cpu":
         return torch.device("cpu")
     if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("training.device = 'cuda' but torch sees no CUDA device on this node")
+        from .config import ConfigError
+
+        raise ConfigError("training.device", "'cuda' but torch sees no CUDA device on this node")
     if torch.cuda.is_available():
         device = torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

@@ -50,6 +50,16 @@ def test_bad_config_exits_2_without_output(tmp_path, args, message):
     assert not out.exists()
 
 
+def test_unwritable_output_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    # A folder below a plain file can never be created.
+    code = main(["train", str(ROOT / "configs/cos1d.toml"), "--out", str(blocker / "sub"), *FAST])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot write results to {blocker / 'sub'}" in err
+
+
 def test_bad_results_file_exits_2(tmp_path):
     bad = tmp_path / "run.h5"
     bad.write_text("nope")

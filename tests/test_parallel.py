@@ -194,7 +194,7 @@ def test_device_selection():
     assert select_device(ctx, "cpu").type == "cpu"
     if not torch.cuda.is_available():
         assert select_device(ctx, "auto").type == "cpu"
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(fbpinn.ConfigError, match="training.device: 'cuda' but torch sees no CUDA device"):
             select_device(ctx, "cuda")
 
 

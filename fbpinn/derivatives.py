@@ -160,7 +160,7 @@ def mlp_taylor(weights, biases, t_in: torch.Tensor, tables: TaylorTables, activa
     t = t_in
     last = len(weights) - 1
     for layer, (w, b) in enumerate(zip(weights, biases)):
-        t = torch.bmm(t.reshape(j, k * m, -1), w).reshape(j, k, m, -1)  # (J, K, M, out)
+        t = _layer(t, w)  # (J, K, M, out)
         if k == 1:
             t = t + b
         else:
@@ -176,6 +176,24 @@ def mlp_taylor(weights, biases, t_in: torch.Tensor, tables: TaylorTables, activa
                          + d2.unsqueeze(1) * t[:, tables.second_a] * t[:, tables.second_b])
         t = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     return t
+
+
+SMALL_WIDTH = 4
+
+
+def _layer(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(J, K, M, n_in) @ (J, n_in, n_out) per subdomain.  Layers with very few inputs or a
+    single output are broadcast products instead of batched GEMMs: tiny matrix products are
+    slow in BLAS, and elementwise code fuses with its neighbours when compiled."""
+    j, k, m, n_in = t.shape
+    if n_in <= SMALL_WIDTH:
+        out = t[..., 0:1] * w[:, None, None, 0, :]
+        for i in range(1, n_in):
+            out = out + t[..., i:i + 1] * w[:, None, None, i, :]
+        return out
+    if w.shape[2] == 1:
+        return (t * w[:, None, None, :, 0]).sum(-1, keepdim=True)
+    return torch.bmm(t.reshape(j, k * m, n_in), w).reshape(j, k, m, -1)
 
 
 def autograd_derivatives(fn, x: torch.Tensor, orders) -> dict:

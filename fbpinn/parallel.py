@@ -147,12 +147,10 @@ def rank_grid(shape, n_ranks: int, axes=None) -> list[int]:
     blocks as even as possible (largest subdomain counts get the most ranks)."""
     axes = list(range(len(shape))) if axes is None else list(axes)
     dims = [1] * len(shape)
-    remaining = n_ranks
     for p in _prime_factors(n_ranks):
         # Give the factor to the split axis with the most subdomains per rank left.
         best = max(axes, key=lambda d: (shape[d] / dims[d], -d))
         dims[best] *= p
-        remaining //= p
     for d in range(len(shape)):
         if dims[d] > shape[d]:
             raise ValueError(f"cannot split {shape[d]} subdomains along axis {d} over {dims[d]} ranks "
@@ -260,7 +258,6 @@ class HaloExchange:
         for j in partition.halo(rank):
             self.recv.setdefault(int(partition.owner[j]), []).append(slot[j])
         self.recv = {r: torch.tensor(s) for r, s in self.recv.items()}
-        self.bytes_per_step = 0
         self.halo_slots = torch.tensor(sorted(s for v in self.recv.values() for s in v.tolist()), dtype=torch.long)
 
     def _tensors(self):

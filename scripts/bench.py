@@ -124,7 +124,10 @@ def write_markdown(out: Path, rows, command: str, args) -> None:
     lines += ["", "Speed ratio: reference ms/step divided by ours (above 1: we are faster).", ""]
     for name, path, ref_err, ref_ms, timings, best, errors in rows:
         med = statistics.median(errors)
-        verdict = "reaches" if med <= ref_err else f"does not reach ({med / ref_err:.1f}x the reference's error)"
+        if ref_err > 0.5:  # a study that is meant to fail: it should fail as the reference does
+            verdict = "fails like" if med > 0.5 else "unexpectedly beats"
+        else:
+            verdict = "reaches" if med <= ref_err else f"does not reach ({med / ref_err:.1f}x the reference's error)"
         if ref_ms:
             speed = (f"{ref_ms / timings[best]:.2f}x the reference's speed" if timings[best] < ref_ms
                      else f"{timings[best] / ref_ms:.2f}x slower than the reference")

@@ -216,6 +216,8 @@ def test_per_rank_solution_files_and_merge(tmp_path):
     assert np.abs(u.ravel() - serial.u_test.numpy()).max() < 1e-12
     assert np.allclose(data["solution"]["error"], u - data["solution"]["exact"], rtol=0, atol=1e-15)
 
+    assert main(["plot", str(out / "run.h5")]) == 0  # plots read through the virtual datasets
+    assert (out / "solution.png").stat().st_size > 5000
     assert main(["merge", str(out / "run.h5"), "-o", str(tmp_path / "one.h5")]) == 0
     for part in out.glob("run_p*.h5"):
         part.unlink()

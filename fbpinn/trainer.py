@@ -238,13 +238,17 @@ class Trainer:
                   n_ranks=self.ctx.size)
         hist = {"step": [], "loss": [], "loss_terms": [], "rel_l2": [], "time": [], "lr": []}
         pairs = self.batch.pairs()
-        logger.info("%s: %d subdomain(s) %s, %d parameters, %d collocation pairs, %s, %d thread(s), %d rank(s)",
-                    self.problem.name, self.model.levels[0].n_subdomains, list(cfg.decomposition.subdomains),
-                    sum(p.numel() for p in self.params), pairs, tr.dtype, torch.get_num_threads(), self.ctx.size)
-        if self.ctx.parallel:
-            logger.info("rank 0 holds %d subdomain(s) (%s), %d points",
-                        self.model.nets[0].n_held, "replicated" if self.dist.replicated else "own + halo",
-                        self.batch.n)
+        net = self.model.nets[0]
+        n_sub = self.model.levels[0].n_subdomains
+        n_params = sum(p[0].numel() for p in net.parameters()) * n_sub + sum(
+            p.numel() for p in self.problem.parameters().values())
+        logger.info("%s: %d subdomain(s) %s, %d parameters, %s, %s, %d thread(s), %d rank(s)",
+                    self.problem.name, n_sub, list(cfg.decomposition.subdomains), n_params, tr.dtype,
+                    self.model.device, torch.get_num_threads(), self.ctx.size)
+        logger.info("%s %d subdomain(s)%s, %d points, %d (point, subdomain) pairs",
+                    "rank 0 holds" if self.ctx.parallel else "holds", net.n_held,
+                    (" (replicated)" if self.dist.replicated else " (own + halo)") if self.ctx.parallel else "",
+                    self.batch.n, pairs)
         t0 = time.perf_counter()
         t_log, step_log = t0, 0
         for step in range(1, tr.steps + 1):

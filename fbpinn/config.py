@@ -39,9 +39,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class DecompositionConfig:
-    subdomains: list[int] = field(default_factory=lambda: [1])  # per axis
+    subdomains: list[int] = field(default_factory=list)  # per axis, one level
+    levels: list[list[int]] = field(default_factory=list)  # several levels, coarse to fine (instead of subdomains)
     overlap: float = 2.99  # subdomain width / centre spacing
     window: str = "cosine"
+
+    def level_shapes(self) -> list[list[int]]:
+        """Subdomains per axis of every level, coarse to fine."""
+        return self.levels or [self.subdomains]
 
 
 @dataclass
@@ -223,10 +228,15 @@ def _coerce(value, hint, key):
 def _validate(cfg: Config, problem_cls) -> None:
     dim = len(problem_cls.axes)
     dec, net, tr, te = cfg.decomposition, cfg.network, cfg.training, cfg.test
-    if len(dec.subdomains) != dim or any(n < 1 for n in dec.subdomains):
-        raise ConfigError("decomposition.subdomains",
-                          f"must list {dim} positive count(s), one per axis {problem_cls.axes}, got {dec.subdomains}")
-    if any(n > 1 for n in dec.subdomains) and dec.overlap <= 1:
+    if bool(dec.subdomains) == bool(dec.levels):
+        raise ConfigError("decomposition.subdomains", "set either subdomains (one level, e.g. [8, 8]) or levels "
+                          "(several, coarse to fine, e.g. [[1, 1], [2, 2], [4, 4]]), not both or neither")
+    key = "decomposition.subdomains" if dec.subdomains else "decomposition.levels"
+    for shape in dec.level_shapes():
+        if len(shape) != dim or any(n < 1 for n in shape):
+            raise ConfigError(key, f"must list {dim} positive count(s) per level, one per axis {problem_cls.axes}, "
+                              f"got {shape}")
+    if any(n > 1 for shape in dec.level_shapes() for n in shape) and dec.overlap <= 1:
         raise ConfigError("decomposition.overlap", f"must exceed 1 so neighbouring subdomains overlap, got {dec.overlap}")
     if dec.overlap < 1:
         raise ConfigError("decomposition.overlap", f"must be >= 1, got {dec.overlap}")

@@ -314,24 +314,29 @@ class HaloExchange:
 
 
 class Distribution:
-    """How one run is spread over the ranks of ``ctx``: which subdomains this rank
-    holds, which points it takes, and the communication each step needs.
+    """How one run is spread over the ranks of ``ctx``: which subdomains of each level
+    this rank holds, which points it takes, and the communication each step needs.
 
-    A level is split into blocks when it has enough subdomains along the split axes
-    for every rank and no halo reaches past a neighbouring block; otherwise it is
-    replicated (every rank holds all of it and gradients are Allreduce'd) and the
-    points are split into equal slabs of the domain along its longest axis.
+    The finest level (most subdomains) is split into blocks when it has enough
+    subdomains along the split axes for every rank and no halo reaches past a
+    neighbouring block.  Every other level -- coarse levels of a multilevel
+    decomposition, whose subdomains reach across many blocks -- and a finest level
+    that cannot be split are replicated: every rank holds all of it and their
+    gradients are summed with Allreduce.  With nothing split, the points are divided
+    into equal slabs of the domain along its longest axis.
     """
 
-    def __init__(self, ctx: Context, level, axes=None):
+    def __init__(self, ctx: Context, levels, axes=None):
         self.ctx = ctx
         self.partition = None
         self.exchange = None
-        box = level.box
+        self.split = max(range(len(levels)), key=lambda i: (levels[i].n_subdomains, i))  # the finest level
+        box = levels[0].box
+        self.held = [list(range(lv.n_subdomains)) for lv in levels]
         if not ctx.parallel:
-            self.held = list(range(level.n_subdomains))
             self.region, self.closed = box, [True] * box.dim
             return
+        level = levels[self.split]
         try:
             partition = Partition(level, ctx.size, axes)
             if partition.reaches_beyond_neighbours():
@@ -340,10 +345,9 @@ class Distribution:
         except ValueError as e:
             logger.info("replicating the %d subdomain(s) on every rank (%s)", level.n_subdomains, e)
         if self.partition is not None:
-            self.held = sorted(self.partition.owned(ctx.rank) + self.partition.halo(ctx.rank))
+            self.held[self.split] = sorted(self.partition.owned(ctx.rank) + self.partition.halo(ctx.rank))
             self.region, self.closed = self.partition.region(ctx.rank)
         else:
-            self.held = list(range(level.n_subdomains))
             d = int(np.argmax(np.asarray(box.hi) - np.asarray(box.lo)))
             edges = np.linspace(box.lo[d], box.hi[d], ctx.size + 1)
             lo, hi = list(box.lo), list(box.hi)
@@ -352,14 +356,14 @@ class Distribution:
             self.closed = [True] * box.dim
             self.closed[d] = ctx.rank == ctx.size - 1
 
-    @property
-    def replicated(self) -> bool:
-        return self.ctx.parallel and self.partition is None
+    def is_split(self, level: int) -> bool:
+        """Whether ``level`` is divided among the ranks (else every rank holds all of it)."""
+        return self.partition is not None and level == self.split
 
-    def attach(self, net) -> None:
-        """Set up the halo exchange for the model's (partitioned) level network."""
+    def attach(self, nets) -> None:
+        """Set up the halo exchange for the split level's network."""
         if self.partition is not None:
-            self.exchange = HaloExchange(self.ctx, self.partition, net)
+            self.exchange = HaloExchange(self.ctx, self.partition, nets[self.split])
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the points of ``x`` (N, d) that belong to this rank."""
@@ -370,41 +374,43 @@ class Distribution:
     def refresh_halo(self) -> int:
         return self.exchange.params() if self.exchange is not None else 0
 
-    def reduce_gradients(self, net, shared) -> int:
+    def reduce_gradients(self, nets, shared) -> int:
         """Halo gradients to their owners; replicated tensors' gradients summed everywhere."""
         if not self.ctx.parallel:
             return 0
         sent = self.exchange.grads() if self.exchange is not None else 0
-        replicated = list(shared) + (list(net.parameters()) if self.replicated else [])
+        replicated = list(shared)
+        for i, net in enumerate(nets):
+            if not self.is_split(i):
+                replicated += list(net.parameters())
         self.ctx.allreduce_grads(replicated)
         return sent
 
-    def owned_slots(self, net) -> torch.Tensor:
-        """Local slots of the subdomains this rank owns.  A replicated level is reported by
-        rank 0 alone, so that gathering collects every subdomain exactly once."""
-        if self.partition is None:
+    def owned_slots(self, level: int, net) -> torch.Tensor:
+        """Local slots of the subdomains of ``level`` this rank owns.  A replicated level is
+        reported by rank 0 alone, so that gathering collects every subdomain exactly once."""
+        if not self.is_split(level):
             return torch.arange(net.n_held) if self.ctx.rank == 0 else torch.zeros(0, dtype=torch.long)
         mine = set(self.partition.owned(self.ctx.rank))
         return torch.tensor([i for i, g in enumerate(net.held.tolist()) if g in mine], dtype=torch.long)
 
-    def gather_parameters(self, net) -> dict | None:
-        """Full stacked parameter arrays on rank 0 (None elsewhere)."""
-        slots = self.owned_slots(net)
-        ids = net.held[slots].numpy()
-        local = {"ids": ids}
-        for l, (w, b) in enumerate(zip(net.weights, net.biases)):
-            local[f"W{l}"] = w.detach()[slots].cpu().numpy()
-            local[f"b{l}"] = b.detach()[slots].cpu().numpy()[:, 0, 0]
-        parts = self.ctx.gather(local)
-        if parts is None:
-            return None
-        n = sum(len(p["ids"]) for p in parts)
+    def gather_parameters(self, nets) -> dict | None:
+        """Full stacked parameter arrays of every level on rank 0 ("level0/W0", ...); None elsewhere."""
         out = {}
-        for key in local:
-            if key == "ids":
+        for level, net in enumerate(nets):
+            slots = self.owned_slots(level, net)
+            local = {"ids": net.held[slots].numpy()}
+            for l, (w, b) in enumerate(zip(net.weights, net.biases)):
+                local[f"W{l}"] = w.detach()[slots.to(w.device)].cpu().numpy()
+                local[f"b{l}"] = b.detach()[slots.to(b.device)].cpu().numpy()[:, 0, 0]
+            parts = self.ctx.gather(local)
+            if parts is None:
                 continue
-            full = np.zeros((n,) + parts[0][key].shape[1:], dtype=parts[0][key].dtype)
-            for p in parts:
-                full[p["ids"]] = p[key]
-            out[key] = full
-        return out
+            n = sum(len(p["ids"]) for p in parts)
+            for key in local:
+                if key != "ids":
+                    full = np.zeros((n,) + parts[0][key].shape[1:], dtype=parts[0][key].dtype)
+                    for p in parts:
+                        full[p["ids"]] = p[key]
+                    out[f"level{level}/{key}"] = full
+        return out if self.ctx.rank == 0 else None

@@ -77,13 +77,13 @@ def build(cfg: Config, ctx: Context | None = None):
     gen = torch.Generator().manual_seed(cfg.training.seed)
     problem = registry.get("problem", cfg.problem_name)(cfg.problem, dtype)
     dec = cfg.decomposition
-    levels = [Level(problem.domain, dec.subdomains, dec.overlap, dec.window)]
-    dist = Distribution(ctx, levels[0], cfg.parallel.axes or None)
+    levels = [Level(problem.domain, shape, dec.overlap, dec.window) for shape in dec.level_shapes()]
+    dist = Distribution(ctx, levels, cfg.parallel.axes or None)
     device = select_device(ctx, cfg.training.device)
-    model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, held=[dist.held],
+    model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, held=dist.held,
                    device=device)
     problem.to(device)
-    dist.attach(model.nets[0])
+    dist.attach(model.nets)
     return problem, model, gen, dist
 
 
@@ -176,7 +176,7 @@ class Trainer:
         self.optimizer.zero_grad()
         loss.backward()
         t2 = time.perf_counter()
-        self.bytes_sent += self.dist.reduce_gradients(self.model.nets[0], self.problem.parameters().values())
+        self.bytes_sent += self.dist.reduce_gradients(self.model.nets, self.problem.parameters().values())
         t3 = time.perf_counter()
         self.optimizer.step()
         t4 = time.perf_counter()
@@ -238,17 +238,19 @@ class Trainer:
                   n_ranks=self.ctx.size)
         hist = {"step": [], "loss": [], "loss_terms": [], "rel_l2": [], "time": [], "lr": []}
         pairs = self.batch.pairs()
-        net = self.model.nets[0]
-        n_sub = self.model.levels[0].n_subdomains
-        n_params = sum(p[0].numel() for p in net.parameters()) * n_sub + sum(
-            p.numel() for p in self.problem.parameters().values())
+        shapes = [list(lv.shape) for lv in self.model.levels]
+        n_params = sum(sum(p[0].numel() for p in net.parameters()) * lv.n_subdomains
+                       for net, lv in zip(self.model.nets, self.model.levels))
+        n_params += sum(p.numel() for p in self.problem.parameters().values())
         logger.info("%s: %d subdomain(s) %s, %d parameters, %s, %s, %d thread(s), %d rank(s)",
-                    self.problem.name, n_sub, list(cfg.decomposition.subdomains), n_params, tr.dtype,
-                    self.model.device, torch.get_num_threads(), self.ctx.size)
-        logger.info("%s %d subdomain(s)%s, %d points, %d (point, subdomain) pairs",
-                    "rank 0 holds" if self.ctx.parallel else "holds", net.n_held,
-                    (" (replicated)" if self.dist.replicated else " (own + halo)") if self.ctx.parallel else "",
-                    self.batch.n, pairs)
+                    self.problem.name, sum(lv.n_subdomains for lv in self.model.levels),
+                    " + ".join(map(str, shapes)), n_params, tr.dtype, self.model.device, torch.get_num_threads(),
+                    self.ctx.size)
+        held = ", ".join(f"{net.n_held}" + ((" own + halo" if self.dist.is_split(i) else " replicated")
+                                             if self.ctx.parallel else "")
+                         for i, net in enumerate(self.model.nets))
+        logger.info("%s %s subdomain(s), %d points, %d (point, subdomain) pairs",
+                    "rank 0 holds" if self.ctx.parallel else "holds", held, self.batch.n, pairs)
         t0 = time.perf_counter()
         t_log, step_log = t0, 0
         for step in range(1, tr.steps + 1):
@@ -288,7 +290,7 @@ class Trainer:
         else:
             run.u_test, run.u_exact = self.gather_solution(u_local)
             run.has_exact = run.u_exact is not None
-        run.parameters = {f"level0/{k}": v for k, v in (self.dist.gather_parameters(self.model.nets[0]) or {}).items()}
+        run.parameters = self.dist.gather_parameters(self.model.nets) or {}
         run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
         return run
 

@@ -56,6 +56,19 @@ def test_errors_name_the_key(section, key, value, message):
     assert "\n" not in str(info.value)
 
 
+def test_levels():
+    cfg = load_config(data={"problem": {"name": "laplace2d_multiscale"},
+                            "decomposition": {"levels": [[1, 1], [2, 2], [4, 4]], "overlap": 1.9},
+                            "training": {"points": [10, 10]}})
+    assert cfg.decomposition.level_shapes() == [[1, 1], [2, 2], [4, 4]]
+    with pytest.raises(ConfigError, match="decomposition.subdomains: set either subdomains .* not both or neither"):
+        load_config(data={"problem": {"name": "cos1d"}, "decomposition": {"subdomains": [4], "levels": [[1], [4]]}})
+    with pytest.raises(ConfigError, match="decomposition.subdomains: set either"):
+        load_config(data={"problem": {"name": "cos1d"}})
+    with pytest.raises(ConfigError, match=r"decomposition.levels: must list 2 positive count\(s\) per level.*got \[2\]"):
+        load_config(data={"problem": {"name": "laplace2d_multiscale"}, "decomposition": {"levels": [[1, 1], [2]]}})
+
+
 def test_oscillator_value_checks():
     with pytest.raises(ConfigError, match="problem.constraint: must be one of hard, soft, none"):
         load_config(data={"problem": {"name": "harmonic_oscillator", "constraint": "weak"}})

@@ -226,3 +226,22 @@ def test_per_rank_solution_files_and_merge(tmp_path):
     merged = read_results(tmp_path / "one.h5")
     assert np.array_equal(merged["solution"]["u"], u)
     assert main(["merge", str(tmp_path / "one.h5")]) == 2  # already self-contained
+
+
+MULTILEVEL = {"problem": {"name": "laplace2d_multiscale", "scales": 2},
+              "decomposition": {"levels": [[1, 1], [2, 2], [4, 4]], "overlap": 1.9}, "network": {"hidden": [8]},
+              "training": {"steps": 100, "dtype": "float64", "points": [20, 20], "eval_every": 50, "lr": 3e-3},
+              "test": {"points": [25, 25]}}
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_mpi_multilevel_equals_serial(tmp_path, ranks):
+    # The finest level is split with halos; the coarse levels are replicated, gradients summed.
+    cfg_path = write_toml(MULTILEVEL, tmp_path / "ml.toml")
+    serial = fbpinn.train(fbpinn.load_config(cfg_path))
+    assert len(serial.model.levels) == 3
+    proc = mpirun(ranks, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "p")])
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert_same_run(serial, tmp_path / "p" / "run.h5")
+    assert "replicated" in proc.stdout and "own + halo" in proc.stdout

@@ -37,8 +37,17 @@ def cmd_train(args) -> int:
     out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
     if out.exists() and not out.is_dir():
         raise UsageError(f"results folder {out} exists and is not a folder")
+    # Before training, not after it.  Only rank 0 touches the filesystem; every rank learns the
+    # verdict, so that all stop together instead of some waiting for the others forever.
+    problem = None
     if ctx.rank == 0:
-        _check_writable(out)  # before training, not after it
+        try:
+            _check_writable(out)
+        except UsageError as e:
+            problem = str(e)
+    problem = ctx.bcast(problem)
+    if problem:
+        raise UsageError(problem)
     logger.info("config %s -> %s", args.config, out / "run.h5")
     run = train(cfg, ctx)
     blocks = None

@@ -161,6 +161,17 @@ def test_one_failing_rank_ends_the_job(tmp_path):
 
 
 @needs_mpi
+def test_unwritable_output_under_mpi_stops_every_rank(tmp_path):
+    cfg_path = write_toml(COS1D, tmp_path / "c.toml")
+    (tmp_path / "file").write_text("x")
+    start = time.time()
+    proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "file" / "sub")], timeout=60)
+    assert time.time() - start < 30
+    assert proc.returncode == 2
+    assert proc.stderr.count("cannot write results to") == 1
+
+
+@needs_mpi
 def test_config_error_under_mpi_is_reported_once(tmp_path):
     cfg_path = write_toml(COS1D, tmp_path / "c.toml")
     proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--set", "training.steps=0"])

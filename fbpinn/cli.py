@@ -28,24 +28,25 @@ def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
 
 
 def cmd_train(args) -> int:
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .io import write_part, write_results
     from .trainer import train
 
     ctx = args.ctx
-    cfg = load_config(args.config, args.set)
-    out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"results folder {out} exists and is not a folder")
-    # Before training, not after it.  Only rank 0 touches the filesystem; every rank learns the
-    # verdict, so that all stop together instead of some waiting for the others forever.
-    problem = None
-    if ctx.rank == 0:
-        try:
+    # Errors found before training (a config file missing on one node, an unwritable results
+    # folder) are agreed on by all ranks, so that all stop together instead of some waiting
+    # for the others forever.  Only rank 0 touches the results folder.
+    cfg, out, problem = None, None, None
+    try:
+        cfg = load_config(args.config, args.set)
+        out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"results folder {out} exists and is not a folder")
+        if ctx.rank == 0:
             _check_writable(out)
-        except UsageError as e:
-            problem = str(e)
-    problem = ctx.bcast(problem)
+    except (ConfigError, UsageError) as e:
+        problem = str(e)
+    problem = ctx.first_error(problem)
     if problem:
         raise UsageError(problem)
     logger.info("config %s -> %s", args.config, out / "run.h5")

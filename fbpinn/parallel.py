@@ -90,6 +90,13 @@ class Context:
         """``comm.gather`` to rank 0 (a list there, None elsewhere)."""
         return self.comm.gather(obj, root=0) if self.parallel else [obj]
 
+    def first_error(self, message):
+        """Agree on errors found before training: every rank passes its message (or None)
+        and every rank gets the first one raised anywhere (or None), so that all stop together."""
+        if not self.parallel:
+            return message
+        return next((m for m in self.comm.allgather(message) if m is not None), None)
+
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0) if self.parallel else obj
 

@@ -172,6 +172,26 @@ def test_unwritable_output_under_mpi_stops_every_rank(tmp_path):
 
 
 @needs_mpi
+def test_config_missing_on_one_rank_stops_every_rank(tmp_path):
+    # As when the config is on a node-local disk of one node only.
+    cfg_path = write_toml(COS1D, tmp_path / "c.toml")
+    script = tmp_path / "one.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from mpi4py import MPI
+        from fbpinn.cli import main
+
+        path = {str(cfg_path)!r} if MPI.COMM_WORLD.Get_rank() == 0 else "/nonexistent/c.toml"
+        sys.exit(main(["train", path, "--out", {str(tmp_path / 'out')!r}]))
+    """))
+    start = time.time()
+    proc = mpirun(2, [str(script)], timeout=60)
+    assert time.time() - start < 30
+    assert proc.returncode == 2
+    assert "no config file '/nonexistent/c.toml'" in proc.stderr
+
+
+@needs_mpi
 def test_config_error_under_mpi_is_reported_once(tmp_path):
     cfg_path = write_toml(COS1D, tmp_path / "c.toml")
     proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--set", "training.steps=0"])

@@ -48,7 +48,7 @@ def cmd_train(args) -> int:
         problem = str(e)
     problem = ctx.first_error(problem)
     if problem:
-        raise UsageError(problem)
+        raise AgreedError(problem)
     logger.info("config %s -> %s", args.config, out / "run.h5")
     run = train(cfg, ctx)
     blocks = None
@@ -121,6 +121,10 @@ class UsageError(ValueError):
     pass
 
 
+class AgreedError(UsageError):
+    """Bad input that every rank has seen (see ``Context.first_error``)."""
+
+
 def _check_writable(folder: Path) -> None:
     """Create ``folder`` and write a probe file in it, or raise UsageError naming the problem."""
     try:
@@ -184,7 +188,9 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ResultsError, UsageError) as e:
-        # Every rank reads the same config and fails the same way, before any communication.
+        if ctx.parallel and not isinstance(e, AgreedError):
+            # Found by this rank alone (e.g. no GPU on its node): the others must not wait for it.
+            ctx.abort(f"error: {e}; aborting all ranks", EXIT_USAGE)
         if ctx.rank == 0:
             print(f"fbpinn: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -192,6 +192,35 @@ def test_config_missing_on_one_rank_stops_every_rank(tmp_path):
 
 
 @needs_mpi
+def test_input_error_on_one_rank_during_setup_ends_the_job(tmp_path):
+    # As when one node of the job has no GPU and training.device = "cuda".
+    cfg_path = write_toml(COS1D, tmp_path / "c.toml")
+    script = tmp_path / "nogpu.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from mpi4py import MPI
+        import fbpinn.trainer
+        from fbpinn.config import ConfigError
+        from fbpinn.cli import main
+
+        original = fbpinn.trainer.select_device
+
+        def select_device(ctx, preference):
+            if ctx.rank == 1:
+                raise ConfigError("training.device", "'cuda' but torch sees no CUDA device on this node")
+            return original(ctx, preference)
+
+        fbpinn.trainer.select_device = select_device
+        sys.exit(main(["train", {str(cfg_path)!r}, "--out", {str(tmp_path / 'out')!r}]))
+    """))
+    start = time.time()
+    proc = mpirun(2, [str(script)], timeout=60)
+    assert time.time() - start < 30
+    assert proc.returncode != 0
+    assert "rank 1/2: error: config: training.device" in proc.stderr
+
+
+@needs_mpi
 def test_config_error_under_mpi_is_reported_once(tmp_path):
     cfg_path = write_toml(COS1D, tmp_path / "c.toml")
     proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--set", "training.steps=0"])

@@ -36,7 +36,7 @@ def cmd_train(args) -> int:
     # Errors found before training (a config file missing on one node, an unwritable results
     # folder) are agreed on by all ranks, so that all stop together instead of some waiting
     # for the others forever.  Only rank 0 touches the results folder.
-    cfg, out, problem = None, None, None
+    problem = None
     try:
         cfg = load_config(args.config, args.set)
         out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)

@@ -47,9 +47,13 @@ class Box:
         closed_hi = closed_hi if closed_hi is not None else [True] * self.dim
         mask = torch.ones(x.shape[0], dtype=torch.bool)
         for d in range(self.dim):
-            mask &= x[:, d] >= self.lo[d]
-            mask &= (x[:, d] <= self.hi[d]) if closed_hi[d] else (x[:, d] < self.hi[d])
+            mask &= self.contains_axis(d, x[:, d], closed_hi[d])
         return mask
+
+    def contains_axis(self, d: int, values: torch.Tensor, closed_hi: bool = True) -> torch.Tensor:
+        """Boolean mask of coordinates ``values`` inside the box along axis ``d``."""
+        upper = (values <= self.hi[d]) if closed_hi else (values < self.hi[d])
+        return (values >= self.lo[d]) & upper
 
 
 def sample(box: Box, kind: str, n_per_axis, generator: torch.Generator, dtype=torch.float64,

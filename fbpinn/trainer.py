@@ -9,8 +9,8 @@ Glossary of short names used below:
     U       (K, N) solution and derivatives at a batch's points
     rel_l2  ||u - u_exact|| / ||u_exact|| on the test grid
 
-:func:`train` runs a config and returns a :class:`Run`; :func:`run_and_save` also
-writes ``run.h5`` through :mod:`fbpinn.io`.
+:func:`train` runs a config and returns a :class:`Run`, which :mod:`fbpinn.io` writes
+to ``run.h5``.
 """
 
 from __future__ import annotations
@@ -85,10 +85,6 @@ def build(cfg: Config, ctx: Context | None = None):
     problem.to(device)
     dist.attach(model.nets)
     return problem, model, gen, dist
-
-
-def relative_l2(u: torch.Tensor, exact: torch.Tensor) -> float:
-    return float(torch.linalg.norm(u.double() - exact.double()) / torch.linalg.norm(exact.double()))
 
 
 class Trainer:
@@ -189,8 +185,7 @@ class Trainer:
         offset, shape, axes = [], [], []
         box, closed = self.dist.region, self.dist.closed
         for d, axis in enumerate(self.problem.domain.grid_axes(self.cfg.test.points)):
-            inside = (axis >= box.lo[d]) & ((axis <= box.hi[d]) if closed[d] else (axis < box.hi[d]))
-            idx = inside.nonzero()[:, 0]
+            idx = box.contains_axis(d, axis, closed[d]).nonzero()[:, 0]
             offset.append(int(idx[0]) if len(idx) else 0)
             shape.append(len(idx))
             axes.append(axis[idx])
@@ -262,7 +257,7 @@ class Trainer:
                                     + "); lower training.lr or check the problem's scales")
             last = step == tr.steps
             if step % tr.eval_every == 0 or last or step == 1:
-                _, err = self.evaluate()
+                u_local, err = self.evaluate()
                 hist["step"].append(step)
                 hist["loss"].append(value)
                 hist["loss_terms"].append(parts.tolist())
@@ -283,7 +278,7 @@ class Trainer:
             logger.info("communication: %.1f%% of the training time, %.0f bytes sent per step by rank 0",
                         100 * self.comm_seconds / max(run.wall_time, 1e-9), self.bytes_sent / tr.steps)
         run.history = hist
-        u_local = self.evaluate()[0]
+        # u_local is the last step's solution: the loop always evaluates the last step.
         if self.ctx.parallel and cfg.output.per_rank:
             run.block = self.solution_block(u_local)  # each rank writes its own part file
             run.has_exact = self.exact_local is not None

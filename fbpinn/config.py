@@ -74,6 +74,13 @@ class TrainingConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    kind: str = "all_active"  # all_active | time_marching
+    slabs: int = 0  # time_marching: number of slabs along t
+    steps_per_slab: int = 0  # time_marching: steps each slab trains for
+
+
+@dataclass
 class TestConfig:
     points: list[int] = field(default_factory=list)  # test grid per axis; empty: a default per dimension
 
@@ -96,6 +103,7 @@ class Config:
     decomposition: DecompositionConfig
     network: NetworkConfig
     training: TrainingConfig
+    schedule: ScheduleConfig
     test: TestConfig
     parallel: ParallelConfig
     output: OutputConfig
@@ -103,7 +111,7 @@ class Config:
 
 
 SECTIONS = {"decomposition": DecompositionConfig, "network": NetworkConfig, "training": TrainingConfig,
-            "test": TestConfig, "parallel": ParallelConfig, "output": OutputConfig}
+            "schedule": ScheduleConfig, "test": TestConfig, "parallel": ParallelConfig, "output": OutputConfig}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -269,10 +277,38 @@ def _validate(cfg: Config, problem_cls) -> None:
     if any(not 0 <= a < dim for a in cfg.parallel.axes) or len(set(cfg.parallel.axes)) != len(cfg.parallel.axes):
         raise ConfigError("parallel.axes", f"must list distinct axis numbers in 0..{dim - 1} (axes {problem_cls.axes}), "
                           f"got {cfg.parallel.axes}")
+    _validate_schedule(cfg, problem_cls)
     if not te.points:
         te.points = [{1: 1000, 2: 100, 3: 40}.get(dim, 20)] * dim
     if len(te.points) != dim or any(n < 2 for n in te.points):
         raise ConfigError("test.points", f"must list {dim} count(s) >= 2, one per axis {problem_cls.axes}, got {te.points}")
+
+
+def _validate_schedule(cfg: Config, problem_cls) -> None:
+    sc, tr = cfg.schedule, cfg.training
+    kinds = registry.names("scheduler")
+    if sc.kind not in kinds:
+        raise ConfigError("schedule.kind", f"must be one of {', '.join(kinds)}, got {sc.kind!r}")
+    if sc.kind == "all_active":
+        return
+    axes = tuple(problem_cls.axes)
+    if "t" not in axes:
+        raise ConfigError("schedule.kind", f"time_marching needs a time axis t; problem {cfg.problem_name!r} has "
+                          f"axes {axes}")
+    t = axes.index("t")
+    shapes = cfg.decomposition.level_shapes()
+    if len(shapes) != 1:
+        raise ConfigError("schedule.kind", "time_marching needs a one-level decomposition (decomposition.subdomains)")
+    n_t = shapes[0][t] if len(shapes[0]) == len(axes) else 0
+    if not 2 <= sc.slabs <= n_t:
+        raise ConfigError("schedule.slabs", f"must lie in 2..{n_t} (the subdomains along t), got {sc.slabs}")
+    if sc.steps_per_slab < 1:
+        raise ConfigError("schedule.steps_per_slab", f"must be >= 1, got {sc.steps_per_slab}")
+    if sc.slabs * sc.steps_per_slab > tr.steps:
+        raise ConfigError("schedule.steps_per_slab", f"{sc.slabs} slabs x {sc.steps_per_slab} steps exceed "
+                          f"training.steps = {tr.steps}; raise training.steps or lower the steps per slab")
+    if t in cfg.parallel.axes:
+        raise ConfigError("parallel.axes", f"time_marching splits space only; leave out the time axis {t}")
 
 
 # ----------------------------------------------------------------------------- output

@@ -41,6 +41,9 @@ class Axis:
         # Largest number of centres strictly within one half-width of a point, plus one
         # for rounding; candidates beyond the real ones are masked out.
         self.n_candidates = min(self.n, int(math.floor(2 * self.half_width / self.spacing)) + 2)
+        # Only centres 0 .. limit-1 take part (time-marching switches later ones off); the
+        # windows are then normalised over the included ones alone.
+        self.limit = self.n
 
     def candidates(self, x: torch.Tensor):
         """Subdomain indices whose open support contains each coordinate.
@@ -56,6 +59,8 @@ class Axis:
         idx = first.unsqueeze(1) + torch.arange(self.n_candidates)  # (N, m)
         c = self.centres.to(x.dtype)[idx]
         valid = (x.unsqueeze(1) - c).abs() < self.half_width
+        if self.limit < self.n:
+            valid &= idx < self.limit
         return idx, valid
 
 
@@ -108,6 +113,9 @@ class Level:
         c = axis.centres.to(x.dtype)[idx]
         z = (x.unsqueeze(1) - c) / axis.half_width  # (N, m)
         phi, p1, p2 = self.window(z)
+        if axis.limit < axis.n:
+            on = (idx < axis.limit).to(x.dtype)
+            phi, p1, p2 = phi * on, p1 * on, p2 * on
         inv_h = 1.0 / axis.half_width
         p1, p2 = p1 * inv_h, p2 * inv_h**2
         s, s1, s2 = phi.sum(1, keepdim=True), p1.sum(1, keepdim=True), p2.sum(1, keepdim=True)

@@ -27,7 +27,7 @@ class ResultsError(ValueError):
     """A file that is not a readable fbpinn results file."""
 
 
-def _atomic(path, fill) -> Path:
+def write_atomic(path, fill) -> Path:
     """Create ``path`` by ``fill(h5py.File)`` on a temporary file renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def write_results(path, run, blocks=None) -> Path:
 
     ``blocks``: the (offset, shape) of every rank's part file when the solution was
     written per rank (:func:`write_part`); the solution datasets are then virtual."""
-    return _atomic(path, lambda f: _fill(f, run, blocks, Path(path)))
+    return write_atomic(path, lambda f: _fill(f, run, blocks, Path(path)))
 
 
 def part_name(path, rank: int) -> str:
@@ -68,10 +68,10 @@ def write_part(path, block: dict) -> Path:
         f.attrs["offset"] = np.asarray(block["offset"])
         f["u"] = block["u"]
         if block["exact"] is not None:
-            f["exact"] = block["exact"]
+            f[block.get("target", "exact")] = block["exact"]
             f["error"] = block["u"] - block["exact"]
 
-    return _atomic(Path(path).with_name(part_name(path, block["rank"])), fill)
+    return write_atomic(Path(path).with_name(part_name(path, block["rank"])), fill)
 
 
 def _virtual(group, name: str, shape, path, blocks) -> None:
@@ -124,15 +124,19 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
     shape = tuple(cfg.test.points)
     for name, axis in zip(problem.axes, problem.domain.grid_axes(shape)):
         sol[f"axis_{name}"] = axis.numpy()
+    if run.has_exact:
+        sol.attrs["target"] = run.target  # "exact" or "reference": the dataset the error is measured against
+        if run.target == "reference":
+            sol.attrs["reference_method"] = problem.reference_name
     if blocks is not None:
         sol.attrs["parts"] = len(blocks)
-        for name in ("u", "exact", "error") if run.has_exact else ("u",):
+        for name in ("u", run.target, "error") if run.has_exact else ("u",):
             _virtual(sol, name, shape, path, blocks)
     else:
         sol["u"] = run.u_test.double().numpy().reshape(shape)
         if run.u_exact is not None:
-            sol["exact"] = run.u_exact.numpy().reshape(shape)
-            sol["error"] = sol["u"][()] - sol["exact"][()]
+            sol[run.target] = run.u_exact.numpy().reshape(shape)
+            sol["error"] = sol["u"][()] - sol[run.target][()]
     obs = problem.observations()
     if obs is not None:
         data = f.create_group("observations")
@@ -214,7 +218,7 @@ def merge(path, out=None) -> Path:
     with h5py.File(path, "r") as src:
         if "parts" not in src["solution"].attrs:
             raise ResultsError(f"{path}: already self-contained (its solution is not split over per-rank files)")
-        return _atomic(out, fill)
+        return write_atomic(out, fill)
 
 
 def _to_dict(g) -> dict:

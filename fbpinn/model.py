@@ -26,11 +26,16 @@ from .networks import StackedMLP
 
 @dataclass
 class LevelBlock:
-    """The (point, subdomain) pairs of one level, padded per subdomain to M."""
+    """The (point, subdomain) pairs of a group of one level's subdomains, padded per subdomain to M.
 
-    index: torch.Tensor  # (J*M,) point index of each slot; N marks padding
-    t_in: torch.Tensor  # (J, K, M, d) normalised inputs and their x-derivatives
-    win: torch.Tensor  # (K, J, M) normalised window and its derivatives
+    Subdomains are grouped by how many points they hold, so that edge subdomains (which
+    hold a fraction of an interior one's points) are not padded to the interior count."""
+
+    level: int
+    slots: torch.Tensor | None  # (J_b,) held slots of the group's subdomains; None: all, in order
+    index: torch.Tensor  # (J_b*M,) point index of each slot; N marks padding
+    t_in: torch.Tensor  # (J_b, K, M, d) normalised inputs and their x-derivatives
+    win: torch.Tensor  # (K, J_b, M) normalised window and its derivatives
 
 
 @dataclass
@@ -39,7 +44,7 @@ class Batch:
 
     x: torch.Tensor  # (N, d)
     orders: list
-    blocks: list  # one LevelBlock per level
+    blocks: list  # LevelBlocks: one or a few per level
     a: torch.Tensor | None  # (K, N) ansatz offset and its derivatives
     b: torch.Tensor | None  # (K, N) ansatz factor and its derivatives
     tables: TaylorTables
@@ -52,7 +57,7 @@ class Batch:
     def to(self, device) -> "Batch":
         """The same batch with its tensors on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        blocks = [LevelBlock(move(b.index), move(b.t_in), move(b.win)) for b in self.blocks]
+        blocks = [LevelBlock(b.level, move(b.slots), move(b.index), move(b.t_in), move(b.win)) for b in self.blocks]
         rule = ProductRule(self.orders)
         rule.f_index, rule.g_index, rule.out_index = (move(rule.f_index), move(rule.g_index),
                                                       move(rule.out_index))
@@ -113,7 +118,7 @@ class FBPINN(nn.Module):
             raise ValueError("a differentiable batch carries the value only; use autograd for derivatives")
         x = x.to(self.dtype) if differentiable else x.detach().to("cpu", self.dtype)  # lookup runs on the CPU
         with torch.set_grad_enabled(differentiable):
-            blocks = [self._level_block(i, x, orders) for i in range(len(self.levels))]
+            blocks = [b for i in range(len(self.levels)) for b in self._level_blocks(i, x, orders)]
             a = b = None
             if self.problem.has_constraint:
                 if differentiable:
@@ -129,7 +134,22 @@ class FBPINN(nn.Module):
     def _stack(d: dict, orders) -> torch.Tensor:
         return torch.stack([d[o].detach() for o in orders])  # (K, N)
 
-    def _level_block(self, i: int, x: torch.Tensor, orders) -> LevelBlock:
+    MAX_GROUPS = 4  # largest number of subdomain groups per level
+    GROUP_FILL = 0.7  # a subdomain joins a group if it holds at least this share of the group's largest count
+
+    @classmethod
+    def _groups(cls, counts: torch.Tensor) -> list[torch.Tensor]:
+        """Held slots grouped by point count, largest first; few groups, little padding."""
+        order = torch.argsort(counts, descending=True, stable=True)
+        groups, start = [], 0
+        values = counts[order].tolist()
+        for i in range(1, len(values) + 1):
+            if i == len(values) or (values[i] < cls.GROUP_FILL * values[start] and len(groups) < cls.MAX_GROUPS - 1):
+                groups.append(torch.sort(order[start:i]).values)
+                start = i
+        return groups
+
+    def _level_blocks(self, i: int, x: torch.Tensor, orders) -> list[LevelBlock]:
         n, dim = x.shape
         k = len(orders)
         point, sub, win = self.levels[i].pairs(x, orders)
@@ -138,29 +158,42 @@ class FBPINN(nn.Module):
         point, slot, win = point[keep], slot[keep], win[:, keep]
         j = self.nets[i].n_held
         counts = torch.bincount(slot, minlength=j)
-        m = max(int(counts.max()) if counts.numel() else 0, 1)
         order = torch.argsort(slot, stable=True)
         point, slot, win = point[order], slot[order], win[:, order]
         starts = torch.cumsum(counts, 0) - counts
         pos = torch.arange(len(slot)) - starts[slot]
-        index = torch.full((j, m), n, dtype=torch.long)
-        index[slot, pos] = point
-        win_pad = torch.zeros(k, j, m, dtype=x.dtype)
-        if win.requires_grad:
-            win_pad = win_pad.index_put((torch.arange(k)[:, None], slot[None], pos[None]), win)
-        else:
-            win_pad[:, slot, pos] = win
-        xp = torch.cat([x, torch.zeros(1, dim, dtype=x.dtype)])[index]  # (J, M, d)
-        z = (xp - self._centres[i][:, None]) * self._inv_h[i][:, None]  # (J, M, d)
-        if k == 1:
-            t_in = z.unsqueeze(1)
-        else:
-            t_in = torch.zeros(j, k, m, dim, dtype=x.dtype)
-            t_in[:, 0] = z
-            for kk, o in enumerate(orders):
-                if len(o) == 1:
-                    t_in[:, kk, :, o[0]] = self._inv_h[i][:, o[0]].unsqueeze(1)
-        return LevelBlock(index.reshape(-1), t_in, win_pad)
+        groups = self._groups(counts)
+        local = torch.full((j,), -1, dtype=torch.long)  # slot -> position within its group
+        group_of = torch.zeros(j, dtype=torch.long)
+        for g, members in enumerate(groups):
+            local[members] = torch.arange(len(members))
+            group_of[members] = g
+        xz = torch.cat([x, torch.zeros(1, dim, dtype=x.dtype)])
+        blocks = []
+        for g, members in enumerate(groups):
+            mask = group_of[slot] == g
+            p, s, w, q = point[mask], local[slot[mask]], win[:, mask], pos[mask]
+            jb, m = len(members), max(int(counts[members].max()), 1)
+            index = torch.full((jb, m), n, dtype=torch.long)
+            index[s, q] = p
+            win_pad = torch.zeros(k, jb, m, dtype=x.dtype)
+            if w.requires_grad:
+                win_pad = win_pad.index_put((torch.arange(k)[:, None], s[None], q[None]), w)
+            else:
+                win_pad[:, s, q] = w
+            inv_h = self._inv_h[i][members]
+            z = (xz[index] - self._centres[i][members][:, None]) * inv_h[:, None]  # (J_b, M, d)
+            if k == 1:
+                t_in = z.unsqueeze(1)
+            else:
+                t_in = torch.zeros(jb, k, m, dim, dtype=x.dtype)
+                t_in[:, 0] = z
+                for kk, o in enumerate(orders):
+                    if len(o) == 1:
+                        t_in[:, kk, :, o[0]] = inv_h[:, o[0]].unsqueeze(1)
+            every = len(groups) == 1
+            blocks.append(LevelBlock(i, None if every else members, index.reshape(-1), t_in, win_pad))
+        return blocks
 
     # ------------------------------------------------------------------ evaluation
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -169,8 +202,13 @@ class FBPINN(nn.Module):
 
         k, n = len(batch.orders), batch.n
         total = None
-        for net, block in zip(self.nets, batch.blocks):
-            out = mlp_taylor(list(net.weights), list(net.biases), block.t_in, batch.tables, self.activation)
+        for block in batch.blocks:
+            net = self.nets[block.level]
+            weights, biases = list(net.weights), list(net.biases)
+            if block.slots is not None:
+                weights = [w[block.slots] for w in weights]
+                biases = [b[block.slots] for b in biases]
+            out = mlp_taylor(weights, biases, block.t_in, batch.tables, self.activation)
             out = out[..., 0].transpose(0, 1) * self.scale  # (K, J, M)
             prod = batch.rule.apply(block.win, out).reshape(k, -1)  # (K, J*M)
             summed = torch.zeros(k, n + 1, dtype=prod.dtype, device=prod.device).index_add(1, block.index, prod)

@@ -1,4 +1,4 @@
-"""Registries of named components: problems, windows and samplers.
+"""Registries of named components: problems, windows and schedulers.
 
 Configs refer to components by name; ``register`` adds a class under a name and
 ``get`` looks it up, raising a ``KeyError`` that lists what is available.  Used by
@@ -7,7 +7,7 @@ Configs refer to components by name; ``register`` adds a class under a name and
 
 from __future__ import annotations
 
-_REGISTRIES: dict[str, dict[str, type]] = {"problem": {}, "window": {}}
+_REGISTRIES: dict[str, dict[str, type]] = {"problem": {}, "window": {}, "scheduler": {}}
 
 
 def register(kind: str, name: str):
@@ -41,4 +41,4 @@ def get(kind: str, name: str) -> type:
 
 def _load_builtins() -> None:
     # Importing the modules runs their @register decorators.
-    from . import problems, windows  # noqa: F401
+    from . import problems, schedulers, windows  # noqa: F401

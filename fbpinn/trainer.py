@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import registry
+from . import registry, schedulers
 from .config import Config
 from .decomposition import Level
 from .derivatives import parse
@@ -51,8 +51,9 @@ class Run:
     history: dict = field(default_factory=dict)  # name -> list, aligned at evaluation steps
     loss_per_step: list = field(default_factory=list)
     u_test: torch.Tensor | None = None  # (N_test,) on rank 0, test grid flattened, first axis slowest
-    u_exact: torch.Tensor | None = None
-    has_exact: bool = False
+    u_exact: torch.Tensor | None = None  # the exact solution, or the reference where none is known
+    has_exact: bool = False  # whether u_exact (or the per-rank blocks' "exact") is set
+    target: str = "exact"  # "exact" or "reference": what u_exact holds
     learned: dict = field(default_factory=dict)
     wall_time: float = 0.0
     start_time: float = 0.0
@@ -78,7 +79,10 @@ def build(cfg: Config, ctx: Context | None = None):
     problem = registry.get("problem", cfg.problem_name)(cfg.problem, dtype)
     dec = cfg.decomposition
     levels = [Level(problem.domain, shape, dec.overlap, dec.window) for shape in dec.level_shapes()]
-    dist = Distribution(ctx, levels, cfg.parallel.axes or None)
+    axes = cfg.parallel.axes or None
+    if cfg.schedule.kind == "time_marching" and axes is None:
+        axes = [d for d, name in enumerate(problem.axes) if name != "t"]  # march in t, split space
+    dist = Distribution(ctx, levels, axes)
     device = select_device(ctx, cfg.training.device)
     model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, held=dist.held,
                    device=device)
@@ -100,15 +104,23 @@ class Trainer:
         self.dtype = self.model.dtype
         # Boundary and observation terms: this rank's points, fixed for the whole run.
         self.extra_terms = [t.select(self.dist.select(t.x)).to(self.model.device) for t in self.problem.terms(self.gen)]
-        self.terms, self.batch, self.slices = [], None, []
+        self.full_terms, self.terms, self.batch, self.slices = [], [], None, []
         self.bytes_sent = 0
         self.comm_seconds = 0.0  # time in halo exchange and reductions (includes waiting for other ranks)
+        self.schedule = schedulers.build(cfg, self.model.levels, self.problem.axes)
+        self.stage = self.schedule.stage(self.schedule.stage_of(1))
+        self.schedule.apply(self.stage)
+        self.grad_mask = self._grad_mask()
         self.resample()
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
         self.optimizer = Adam(self.params, lr=tr.lr)
         # This rank's box of the test grid (the whole grid on one process); no rank builds the whole grid.
         self.test_offset, self.test_shape, self.x_test = self._test_block()  # x_test: (n_local, d) float64
         exact = self.problem.exact(self.x_test)
+        self.target = "exact"
+        if exact is None:
+            exact = self._reference_block()
+            self.target = "reference"
         self.exact_local = None if exact is None else exact.double()
         small = self.x_test.shape[0] <= self.PREPARED_TEST_POINTS
         self.test_batch = self.model.prepare(self.x_test) if small else None
@@ -124,7 +136,13 @@ class Trainer:
                        region=self.dist.region if self.ctx.parallel else None, closed_hi=self.dist.closed)
             terms.append(Term("physics", x, tuple(self.problem.needs), self.problem.residual, 1.0,
                               n_global=math.prod(tr.points)))
-        self.terms = [t.to(self.model.device) for t in terms] + self.extra_terms
+        self.full_terms = [t.to(self.model.device) for t in terms] + self.extra_terms
+        self._prepare_terms()
+
+    def _prepare_terms(self) -> None:
+        """Prepare the batch of the current stage's points (all of them unless time-marching)."""
+        t_max = self.stage.t_max
+        self.terms = self.full_terms if t_max is None else [self._until(t, t_max) for t in self.full_terms]
         # All terms' points go through the model in one pass; each term reads its slice.
         x = torch.cat([t.x.to(self.dtype) for t in self.terms])  # (N, d)
         orders = {parse(n, self.problem.axes) for t in self.terms for n in t.needs}
@@ -133,6 +151,31 @@ class Trainer:
         for t in self.terms:
             bounds.append(bounds[-1] + t.x.shape[0])
         self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _until(self, term: Term, t_max: float) -> Term:
+        """The part of ``term`` with t <= t_max, normalised by its global point count."""
+        keep = term.x[:, self.problem.axes.index("t")] <= t_max
+        n = int(self.ctx.allreduce(np.array([float(keep.sum())]))[0])
+        target = None if term.target is None else term.target[keep]
+        return Term(term.name, term.x[keep], term.needs, term.residual, term.weight, target, max(n, 1))
+
+    def _grad_mask(self):
+        """(J_held,) 0/1 of the finest level's subdomains that train in this stage, or None for all."""
+        if self.stage.trainable is None:
+            return None
+        net = self.model.nets[-1]
+        return self.stage.trainable[net.held].to(self.model.device, self.dtype)
+
+    def _enter(self, index: int) -> None:
+        """Switch to stage ``index`` of the schedule: points, windows, frozen subdomains, a fresh optimiser."""
+        self.stage = self.schedule.stage(index)
+        self.schedule.apply(self.stage)
+        self.grad_mask = self._grad_mask()
+        self._prepare_terms()
+        if self.test_batch is not None:
+            self.test_batch = self.model.prepare(self.x_test)
+        self.optimizer = Adam(self.params, lr=self.cfg.training.lr)
+        logger.info("%s (%d points)", self.stage.text, sum(t.n_global or t.x.shape[0] for t in self.terms))
 
     def _loss_impl(self):
         U = self.model(self.batch)  # (K, N)
@@ -161,6 +204,8 @@ class Trainer:
     def step(self, step: int):
         """One optimisation step (1-based ``step``); returns (loss, loss per term, lr)."""
         tr = self.cfg.training
+        if self.schedule.stage_of(step) != self.stage.index:
+            self._enter(self.schedule.stage_of(step))
         if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0:
             self.resample()
         lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
@@ -174,6 +219,10 @@ class Trainer:
         t2 = time.perf_counter()
         self.bytes_sent += self.dist.reduce_gradients(self.model.nets, self.problem.parameters().values())
         t3 = time.perf_counter()
+        if self.grad_mask is not None:  # frozen and switched-off subdomains keep their parameters
+            for p in self.model.nets[-1].parameters():
+                if p.grad is not None:
+                    p.grad.mul_(self.grad_mask.view(-1, *[1] * (p.dim() - 1)))
         self.optimizer.step()
         t4 = time.perf_counter()
         parts = self.ctx.allreduce(parts.detach().double().cpu().numpy())  # (T,) summed over ranks
@@ -191,6 +240,28 @@ class Trainer:
             axes.append(axis[idx])
         mesh = torch.meshgrid(*axes, indexing="ij")
         return offset, shape, torch.stack([m.reshape(-1) for m in mesh], dim=1)  # first axis slowest
+
+    def _reference_block(self):
+        """This rank's block of the problem's reference solution (flattened), or None.
+
+        Rank 0 computes the whole test grid's reference (filling any cache) and sends it
+        to the others."""
+        axes = self.problem.domain.grid_axes(self.cfg.test.points)
+        ref = None
+        if self.ctx.rank == 0:
+            t0 = time.perf_counter()
+            ref = self.problem.reference(axes)
+            if ref is not None:
+                logger.info("reference solution on the %s test grid: %s (%.1f s)",
+                            "x".join(map(str, self.cfg.test.points)), self.problem.reference_name,
+                            time.perf_counter() - t0)
+        if self.ctx.parallel:
+            ref = self.ctx.bcast(None if ref is None else ref.numpy())
+            ref = None if ref is None else torch.from_numpy(ref)
+        if ref is None:
+            return None
+        box = tuple(slice(o, o + n) for o, n in zip(self.test_offset, self.test_shape))
+        return ref.reshape(self.cfg.test.points)[box].reshape(-1)
 
     def evaluate(self):
         """This rank's test-grid solution and the global relative L2 error (nan without an exact solution)."""
@@ -211,7 +282,7 @@ class Trainer:
         """This rank's box of the test grid: offset, shape, u and the exact solution."""
         exact = None if self.exact_local is None else self.exact_local.numpy().reshape(self.test_shape)
         return {"rank": self.ctx.rank, "offset": self.test_offset, "shape": self.test_shape,
-                "u": u_local.double().numpy().reshape(self.test_shape), "exact": exact}
+                "u": u_local.double().numpy().reshape(self.test_shape), "exact": exact, "target": self.target}
 
     def gather_solution(self, u_local: torch.Tensor):
         """The test-grid solution and exact solution (or None) assembled on rank 0; (None, None) elsewhere."""
@@ -230,7 +301,7 @@ class Trainer:
     def run(self) -> Run:
         cfg, tr = self.cfg, self.cfg.training
         run = Run(cfg, self.model, self.problem, [t.name for t in self.terms], start_time=time.time(),
-                  n_ranks=self.ctx.size)
+                  n_ranks=self.ctx.size, target=self.target)
         hist = {"step": [], "loss": [], "loss_terms": [], "rel_l2": [], "time": [], "lr": []}
         pairs = self.batch.pairs()
         shapes = [list(lv.shape) for lv in self.model.levels]
@@ -246,6 +317,10 @@ class Trainer:
                          for i, net in enumerate(self.model.nets))
         logger.info("%s %s subdomain(s), %d points, %d (point, subdomain) pairs",
                     "rank 0 holds" if self.ctx.parallel else "holds", held, self.batch.n, pairs)
+        if self.schedule.n_stages > 1:
+            logger.info("time-marching: %d slabs of %d steps, then %d steps with all subdomains; %s",
+                        self.schedule.slabs, self.schedule.steps_per_slab,
+                        tr.steps - self.schedule.slabs * self.schedule.steps_per_slab, self.stage.text)
         t0 = time.perf_counter()
         t_log, step_log = t0, 0
         for step in range(1, tr.steps + 1):

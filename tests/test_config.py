@@ -46,7 +46,7 @@ def test_required_configs_are_shipped():
     ("network", "hidden", [], "network.hidden: must list positive layer widths"),
     ("problem", "omega", -1.0, "problem.omega: must be positive"),
     ("problem", "mu", 4.0, "problem.mu: unknown key; allowed: output_scale, physics, omega"),
-    ("problem", "name", "heat", "problem.name: unknown problem 'heat'; available: cos1d"),
+    ("problem", "name", "heat", "problem.name: unknown problem 'heat'; available: burgers, cos1d"),
     ("solver", "x", 1, "solver: unknown table; allowed: problem, decomposition"),
 ])
 def test_errors_name_the_key(section, key, value, message):

@@ -113,6 +113,15 @@ class Problem:
         """Exact solution at ``x`` (N, d) as (N,), or None when unknown."""
         return None
 
+    reference_name = ""  # how :meth:`reference` computes its solution, for logs and the results file
+
+    def reference(self, axes: list):
+        """Numerical reference solution where no exact one is known, or None.
+
+        ``axes``: the full test grid's 1-D coordinate vectors (float64), one per axis.
+        Returns a float64 tensor of shape ``[len(a) for a in axes]``."""
+        return None
+
     def terms(self, generator: torch.Generator) -> list[Term]:
         """Loss terms besides the residual (boundary conditions, observations)."""
         return []
@@ -140,4 +149,4 @@ def all_problems() -> dict:
     return dict(_REGISTRIES["problem"])
 
 
-from . import oscillator, poisson, sinusoids  # noqa: E402,F401  (register the built-in problems)
+from . import burgers, oscillator, poisson, sinusoids, wave  # noqa: E402,F401  (register the built-in problems)

@@ -1,0 +1,193 @@
+"""Acoustic wave equations.
+
+``wave1d``: a string fixed at both ends,
+
+    u_tt = c^2 u_xx,   x in [-1, 1],   t in [0, t_max],
+    u(x, 0) = exp(-(x - x0)^2 / (2 w^2)),   u_t(x, 0) = 0,   u(-1, t) = u(1, t) = 0.
+
+The exact solution is d'Alembert's ``u = (g(x - ct) + g(x + ct)) / 2`` with ``g`` the
+initial pulse extended oddly about both ends (period 4), so the two halves of the
+pulse reflect from the walls with a change of sign.  The ansatz
+
+    u = u0(x) + tanh(t / sigma)^2 (1 - x^2) u_hat
+
+makes the initial displacement, the zero initial velocity and the fixed ends hold
+exactly (``u0`` is the extended pulse, which vanishes at the walls).
+
+``wave2d``: a pulse in an open medium,
+
+    u_tt = c(x, y)^2 (u_xx + u_yy),   (x, y) in [-1, 1]^2,   t in [0, t_max],
+    u(x, y, 0) = exp(-|(x, y) - p0|^2 / (2 w^2)),   u_t(x, y, 0) = 0,
+
+with the speed ``c`` constant or a smooth mixture of Gaussian bumps,
+``c = c0 (1 + sum_k a_k exp(-|(x, y) - m_k|^2 / (2 s_k^2)))``.  The ansatz
+``u = u0 + tanh(t / sigma)^2 u_hat`` makes the initial conditions hold exactly.  The
+medium is unbounded (no boundary condition), so there is no closed-form solution: the
+reference is the finite-difference solution of :mod:`fbpinn.reference.wave` on a padded
+domain, cached to HDF5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..registry import register
+from . import Params, Problem
+
+
+def _positive(params, *names):
+    for name in names:
+        if not getattr(params, name) > 0:
+            return name, f"must be positive, got {getattr(params, name)}"
+    return None
+
+
+@dataclass
+class Wave1dParams(Params):
+    c: float = 1.0  # wave speed
+    x0: float = 0.0  # centre of the initial pulse
+    width: float = 0.1  # standard deviation w of the initial pulse
+    t_max: float = 2.0
+    sigma: float = 0.1  # time scale of the ansatz's tanh ramp
+
+    def validate(self):
+        bad = super().validate() or _positive(self, "c", "width", "t_max", "sigma")
+        if bad:
+            return bad
+        if not -1 + 6 * self.width <= self.x0 <= 1 - 6 * self.width:
+            return "x0", (f"must keep the pulse clear of the walls: |x0| <= 1 - 6 width = "
+                          f"{1 - 6 * self.width:g}, got {self.x0}")
+        return None
+
+
+@register("problem", "wave1d")
+class Wave1d(Problem):
+    """1-D wave equation ``u_tt = c^2 u_xx`` with fixed ends and a pulse released at rest."""
+
+    axes = ("x", "t")
+    needs = ("u_tt", "u_xx")
+    Params = Wave1dParams
+    has_constraint = True
+
+    @property
+    def lo(self):
+        return (-1.0, 0.0)
+
+    @property
+    def hi(self):
+        return (1.0, self.p.t_max)
+
+    def _pulse(self, x):
+        """The initial pulse extended oddly about x = -1 and x = 1 (period 4)."""
+        s = torch.remainder(x + 1, 4.0) - 1  # in [-1, 3)
+        mirrored = s > 1
+        s = torch.where(mirrored, 2 - s, s)  # reflect [1, 3) onto (-1, 1]
+        g = torch.exp(-0.5 * ((s - self.p.x0) / self.p.width) ** 2)
+        return torch.where(mirrored, -g, g)
+
+    def constraint(self, x):
+        t = x[:, 1]
+        return self._pulse(x[:, 0]), torch.tanh(t / self.p.sigma) ** 2 * (1 - x[:, 0] ** 2)
+
+    def residual(self, x, d):
+        return d["u_tt"] - self.p.c**2 * d["u_xx"]
+
+    def exact(self, x):
+        x = x.double()
+        ct = self.p.c * x[:, 1]
+        return 0.5 * (self._pulse(x[:, 0] - ct) + self._pulse(x[:, 0] + ct))
+
+
+def _default_mixture():
+    # (x, y, amplitude, width): a fast bump, a slow one and a weaker fast one.
+    return [[0.4, 0.4, 0.5, 0.25], [-0.5, 0.2, -0.35, 0.2], [0.1, -0.6, 0.3, 0.3]]
+
+
+VELOCITIES = ("constant", "mixture")
+
+
+@dataclass
+class Wave2dParams(Params):
+    c0: float = 1.0  # background speed
+    velocity: str = "constant"  # constant | mixture
+    mixture: list[list[float]] = field(default_factory=_default_mixture)  # [x, y, amplitude, width] per bump
+    x0: float = 0.0  # centre of the initial pulse
+    y0: float = 0.0
+    width: float = 0.1  # standard deviation w of the initial pulse
+    t_max: float = 1.0
+    sigma: float = 0.1  # time scale of the ansatz's tanh ramp
+    reference_h: float = 0.01  # largest grid spacing of the finite-difference reference
+
+    def validate(self):
+        bad = super().validate() or _positive(self, "c0", "width", "t_max", "sigma", "reference_h")
+        if bad:
+            return bad
+        if self.velocity not in VELOCITIES:
+            return "velocity", f"must be one of {', '.join(VELOCITIES)}, got {self.velocity!r}"
+        for k, bump in enumerate(self.mixture):
+            if not (isinstance(bump, list) and len(bump) == 4 and all(isinstance(v, (int, float)) for v in bump)):
+                return "mixture", f"entry {k} must be [x, y, amplitude, width], got {bump!r}"
+            if not bump[3] > 0:
+                return "mixture", f"entry {k}: the width must be positive, got {bump[3]}"
+            if not bump[2] > -1:
+                return "mixture", f"entry {k}: an amplitude <= -1 could make the speed vanish, got {bump[2]}"
+        if not (abs(self.x0) < 1 and abs(self.y0) < 1):
+            return "x0" if abs(self.x0) >= 1 else "y0", "the pulse centre must lie inside (-1, 1)^2"
+        return None
+
+
+@register("problem", "wave2d")
+class Wave2d(Problem):
+    """2-D acoustic wave equation ``u_tt = c(x, y)^2 (u_xx + u_yy)``, a pulse released at rest."""
+
+    axes = ("x", "y", "t")
+    needs = ("u_tt", "u_xx", "u_yy")
+    Params = Wave2dParams
+    has_constraint = True
+
+    @property
+    def lo(self):
+        return (-1.0, -1.0, 0.0)
+
+    @property
+    def hi(self):
+        return (1.0, 1.0, self.p.t_max)
+
+    def speed(self, x, y):
+        """c at coordinates ``x``, ``y`` (torch tensors or numpy arrays of one shape)."""
+        lib = torch if isinstance(x, torch.Tensor) else np
+        c = self.p.c0 + 0 * x
+        if self.p.velocity == "mixture":
+            bumps = sum(a * lib.exp(-((x - mx) ** 2 + (y - my) ** 2) / (2 * s * s))
+                        for mx, my, a, s in self.p.mixture)
+            c = self.p.c0 * (1 + bumps)
+        return c
+
+    def initial(self, x, y):
+        """The initial pulse at coordinates ``x``, ``y`` (torch tensors or numpy arrays)."""
+        lib = torch if isinstance(x, torch.Tensor) else np
+        return lib.exp(-((x - self.p.x0) ** 2 + (y - self.p.y0) ** 2) / (2 * self.p.width**2))
+
+    def constraint(self, x):
+        return self.initial(x[:, 0], x[:, 1]), torch.tanh(x[:, 2] / self.p.sigma) ** 2
+
+    def residual(self, x, d):
+        c = self.speed(x[:, 0], x[:, 1])
+        return d["u_tt"] - c * c * (d["u_xx"] + d["u_yy"])
+
+    def reference(self, axes):
+        from ..reference import wave
+
+        xs, ys, ts = (a.double().numpy() for a in axes)
+        key = {"problem": "wave2d", "c0": self.p.c0, "velocity": self.p.velocity,
+               "mixture": self.p.mixture if self.p.velocity == "mixture" else [],
+               "x0": self.p.x0, "y0": self.p.y0, "width": self.p.width, "max_h": self.p.reference_h,
+               "axes": [[float(a[0]), float(a[-1]), len(a)] for a in (xs, ys, ts)]}
+        u = wave.cached_solve(key, None, [xs, ys], ts, self.speed, self.initial, max_h=self.p.reference_h)
+        return torch.from_numpy(np.ascontiguousarray(u))  # (n_x, n_y, n_t): the test grid's axis order
+
+    reference_name = "finite differences, 4th order in space, 2nd in time (fbpinn.reference.wave)"
+

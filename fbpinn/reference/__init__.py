@@ -1,0 +1,1 @@
+"""Classical solvers that give reference solutions where no exact one is known."""

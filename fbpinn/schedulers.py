@@ -1,0 +1,114 @@
+"""Schedulers: which subdomains train at each step.
+
+``all_active`` (the default) trains every subdomain at every step.
+
+``time_marching`` trains the subdomain grid in slabs along the time axis ``t``, one
+after another, for ``steps_per_slab`` steps each:
+
+- slab k is the k-th of ``slabs`` consecutive groups of the time-centres;
+- while slab k trains, slabs 0..k-1 are frozen (their parameters do not change) and
+  later slabs are switched off: they are left out of the model and the time windows
+  are normalised over the included centres only, so the model is a partition of
+  unity over the region the included subdomains cover;
+- the loss uses the collocation points of that region, t <= the upper edge of slab
+  k's support;
+- the optimiser starts afresh for each slab.
+
+The steps left after the last slab (``training.steps - slabs * steps_per_slab``)
+train everything together.  A later slab's subdomains overlap the earlier ones, so
+switching them on changes the solution only where the earlier slab's support ends;
+the new slab trains there.  The stage is a function of the step alone, so a resumed
+run picks up the schedule where it stopped.  Used by :mod:`fbpinn.trainer`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .registry import get, register
+
+
+@dataclass
+class Stage:
+    """What trains during one stage of a schedule."""
+
+    index: int
+    limit: int | None  # included time-centres (None: all)
+    t_max: float | None  # upper bound of the loss's points in t (None: everything)
+    trainable: torch.Tensor | None  # (J,) bool over the level's subdomains (None: all)
+    text: str
+
+
+@register("scheduler", "all_active")
+class AllActive:
+    """Every subdomain trains at every step."""
+
+    def __init__(self, level=None, t_axis=None, slabs=0, steps_per_slab=0):
+        pass
+
+    n_stages = 1
+
+    def stage_of(self, step: int) -> int:
+        return 0
+
+    def stage(self, index: int) -> Stage:
+        return Stage(0, None, None, None, "all subdomains train")
+
+    def apply(self, stage: Stage) -> None:
+        pass
+
+
+@register("scheduler", "time_marching")
+class TimeMarching:
+    """Slabs of time-centres trained in order; see the module docstring.
+
+    Parameters
+    ----------
+    level : the (single) :class:`fbpinn.decomposition.Level`.
+    t_axis : index of the time axis.
+    slabs : number of slabs, 2 .. subdomains along t.
+    steps_per_slab : steps each slab trains for.
+    """
+
+    def __init__(self, level, t_axis: int, slabs: int, steps_per_slab: int):
+        axis = level.axes[t_axis]
+        if not 2 <= slabs <= axis.n:
+            raise ValueError(f"slabs must lie in 2..{axis.n} (the subdomains along t), got {slabs}")
+        self.level, self.t_axis, self.slabs, self.steps_per_slab = level, t_axis, slabs, steps_per_slab
+        groups = np.array_split(np.arange(axis.n), slabs)
+        self.bounds = [(int(g[0]), int(g[-1]) + 1) for g in groups]  # [first, end) time-centre index
+        j = torch.arange(level.n_subdomains)
+        self.t_index = (j // level.strides[t_axis]) % level.shape[t_axis]  # (J,)
+        self.n_stages = slabs + 1  # the last stage trains everything
+
+    def stage_of(self, step: int) -> int:
+        """Stage of the 1-based ``step``."""
+        return min((step - 1) // self.steps_per_slab, self.slabs)
+
+    def stage(self, index: int) -> Stage:
+        if index >= self.slabs:
+            return Stage(index, None, None, None, "all subdomains train together")
+        axis = self.level.axes[self.t_axis]
+        first, end = self.bounds[index]
+        t_max = min(axis.hi, float(axis.centres[end - 1]) + axis.half_width)
+        trainable = (self.t_index >= first) & (self.t_index < end)
+        frozen = f", t-index 0..{first - 1} frozen" if first else ""
+        text = (f"slab {index + 1}/{self.slabs}: subdomains of t-index {first}..{end - 1} train{frozen}, "
+                f"points t <= {t_max:.4g}")
+        return Stage(index, end, t_max, trainable, text)
+
+    def apply(self, stage: Stage) -> None:
+        """Switch the level's later time-centres off (or all on) for ``stage``."""
+        self.level.axes[self.t_axis].limit = stage.limit if stage.limit is not None else self.level.axes[self.t_axis].n
+
+
+def build(cfg, levels, axes_names):
+    """The scheduler a config asks for (``schedule.kind``)."""
+    sc = cfg.schedule
+    cls = get("scheduler", sc.kind)
+    if cls is AllActive:
+        return cls()
+    return cls(levels[-1], list(axes_names).index("t"), sc.slabs, sc.steps_per_slab)

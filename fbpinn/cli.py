@@ -149,10 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="DIR", help="results folder (default: output.dir or results/<config stem>)")
     t.set_defaults(func=cmd_train)
 
-    pl = sub.add_parser("plot", help="draw PNG figures from results files",
-                        description="With one file: PNGs beside it (solution vs exact, error, subdomains and "
-                                    "windows, loss and test error). With several, or --compare: one figure "
-                                    "overlaying their solutions.")
+    pl = sub.add_parser("plot", help="draw figures (PNG, GIF) from results files",
+                        description="With one file: PNGs beside it (solution vs exact or reference, error, "
+                                    "subdomains and windows, loss and test error; time slices for space-time "
+                                    "problems) and an animated GIF of 2-D wavefields. With several, or "
+                                    "--compare: one figure overlaying their solutions.")
     pl.add_argument("files", nargs="+", help="run.h5 files")
     pl.add_argument("--compare", metavar="PNG", help="write a comparison figure of all files to PNG")
     pl.set_defaults(func=cmd_plot)

@@ -1,20 +1,27 @@
 """Figures of finished runs, drawn from their HDF5 results files alone.
 
-:func:`plot_run` writes PNGs beside one ``run.h5``:
+:func:`plot_run` writes PNGs (and one GIF) beside one ``run.h5``; "target" is the exact
+solution or, where there is none, the numerical reference stored in the file:
 
-    solution.png       predicted u against the exact solution on the test grid (1-D: lines;
-                       2-D: heat maps of u, exact and error; 3-D and up: a few slices along
+    solution.png       predicted u against the target on the test grid (1-D: lines;
+                       2-D: heat maps of u, target and error; 3-D and up: a few slices along
                        the last axis), observations as dots
-    error.png          |u - exact| on the test grid (only when the exact solution is known)
+    error.png          |u - target| on the test grid (only when the file has a target)
     decomposition.png  1-D: every subdomain's normalised window and extent; 2-D and up: the
-                       subdomain rectangles over the domain box (first two axes)
+                       subdomain outlines (first two axes) over a heat map of u
     training.png       loss and test relative L2 against the step
+    slices.png         space-time problems only (last axis ``t`` after at least one space
+                       axis): 1 space axis: u(x) against the target at a few times;
+                       2 and more: heat maps of u, target and error at a few times
+    wavefield.gif      2 and more space axes + ``t`` only: u | target | error over the first
+                       two space axes, one frame per test time (at most ``MAX_FRAMES``)
 
 :func:`plot_compare` overlays the solutions of several 1-D runs in one figure, e.g. a
 network fitted to data alone against a physics-informed one.  Both are called by
 ``fbpinn plot`` (:mod:`fbpinn.cli`).  Windows are recomputed from the decomposition
 attributes with :class:`fbpinn.decomposition.Level`.  Matplotlib draws on the Agg
-backend and every figure is closed after saving.
+backend and every figure is closed after saving; the GIF is written by
+:class:`matplotlib.animation.PillowWriter`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
@@ -38,8 +46,13 @@ from .domains import Box  # noqa: E402
 from .io import ResultsError, read_results  # noqa: E402
 
 DPI = 120
-N_SLICES = 3  # slices along the last axis drawn for 3-D and higher problems
+N_SLICES = 3  # slices along the last axis drawn in solution.png and error.png of 3-D and higher problems
 N_WINDOW_POINTS = 600  # points at which 1-D windows are drawn
+N_TIME_LINES = 5  # times drawn in slices.png with 1 space axis
+N_TIME_MAPS = 4  # times drawn in slices.png with 2 and more space axes
+MAX_FRAMES = 60  # frames of wavefield.gif at most (test times are strided beyond)
+GIF_DPI = 80
+GIF_FPS = 8
 
 
 # ----------------------------------------------------------------------------- public
@@ -52,17 +65,23 @@ def plot_run(path) -> list[Path]:
 
     Returns
     -------
-    The written PNG paths: solution, error (only with an exact solution),
-    decomposition and training.
+    The written paths: solution, error (only with an exact or reference solution),
+    decomposition, training, then slices (space-time problems) and wavefield.gif
+    (2 and more space axes + t).
     """
     path = Path(path)
     data = read_results(path)
     folder = path.parent
     written = [_plot_solution(data, folder / "solution.png")]
-    if "exact" in data["solution"]:
+    if _target(data)[0]:
         written.append(_plot_error(data, folder / "error.png"))
     written.append(_plot_decomposition(data, folder / "decomposition.png"))
     written.append(_plot_training(data, folder / "training.png"))
+    n_space = _n_space(data)
+    if n_space:
+        written.append(_plot_slices(data, folder / "slices.png"))
+    if n_space >= 2:
+        written.append(_plot_wavefield(data, folder / "wavefield.gif"))
     return written
 
 
@@ -94,10 +113,10 @@ def plot_compare(paths, out) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with _figure(out, figsize=(9, 5)) as (fig, axs):
         ax = axs[0, 0]
-        exact = next(((d["solution"][f"axis_{_axis_names(d)[0]}"], d["solution"]["exact"])
-                      for _, d in runs if "exact" in d["solution"]), None)
+        exact = next(((d["solution"][f"axis_{_axis_names(d)[0]}"], _target(d)[1], _target(d)[0])
+                      for _, d in runs if _target(d)[0]), None)
         if exact is not None:
-            ax.plot(*exact, color="0.6", lw=3, label="exact", zorder=1)
+            ax.plot(*exact[:2], color="0.6", lw=3, label=exact[2], zorder=1)
         for i, (p, data) in enumerate(runs):
             colour = f"C{i}"
             physics = {True: "on", False: "off", None: "?"}[_physics(data)]
@@ -108,9 +127,7 @@ def plot_compare(paths, out) -> Path:
                 ax.scatter(obs["x"][:, 0], obs["u"], s=22, color=colour, edgecolor="k", linewidth=0.5,
                            zorder=3, label=f"{p.resolve().parent.name}: {len(obs['u'])} observations")
         if exact is not None:
-            lo, hi = float(np.min(exact[1])), float(np.max(exact[1]))
-            pad = 0.5 * (hi - lo) if hi > lo else 1.0
-            ax.set_ylim(lo - pad, hi + pad)  # a diverging run must not flatten the exact curve
+            _ylim_to(ax, exact[1])
         ax.set_xlabel(_axis_names(runs[0][1])[0])
         ax.set_ylabel("u")
         problems = sorted({d["attrs"]["problem"] for _, d in runs})
@@ -123,16 +140,14 @@ def plot_compare(paths, out) -> Path:
 def _plot_solution(data, path: Path) -> Path:
     sol, axes = data["solution"], _axis_names(data)
     title = _title(data) + "".join(f", learned {k} = {v:.5g}" for k, v in _learned(data).items())
-    fields = [("u (FBPINN)", sol["u"], "value")]
-    if "exact" in sol:
-        fields += [("exact", sol["exact"], "value"), ("error u - exact", sol["u"] - sol["exact"], "signed")]
+    name, target = _target(data)
     obs = data.get("observations")
     if len(axes) == 1:
         with _figure(path, figsize=(8, 4.5)) as (fig, axs):
             ax = axs[0, 0]
             x = _grid(data)[0]
-            if "exact" in sol:
-                ax.plot(x, sol["exact"], color="0.6", lw=3, label="exact")
+            if name:
+                ax.plot(x, target, color="0.6", lw=3, label=name)
             ax.plot(x, sol["u"], color="C0", lw=1.5, label="FBPINN")
             if obs is not None:
                 ax.scatter(obs["x"][:, 0], obs["u"], s=22, color="C3", edgecolor="k", linewidth=0.5, zorder=3,
@@ -142,15 +157,16 @@ def _plot_solution(data, path: Path) -> Path:
             ax.legend(fontsize=9)
             ax.set_title(title, fontsize=10)
         return path
-    return _heatmaps(data, path, fields, title, obs)
+    return _heatmaps(data, path, _fields(data), title, obs)
 
 
 def _plot_error(data, path: Path) -> Path:
     sol, axes = data["solution"], _axis_names(data)
-    err = np.abs(sol["u"] - sol["exact"])
+    name, target = _target(data)
+    err = np.abs(sol["u"] - target)
     title = _title(data)
     if len(axes) > 1:
-        return _heatmaps(data, path, [("|u - exact|", err, "positive")], title, None)
+        return _heatmaps(data, path, [(f"|u - {name}|", err, "positive")], title, None)
     with _figure(path, figsize=(8, 4.5)) as (fig, axs):
         ax = axs[0, 0]
         ax.semilogy(_grid(data)[0], err, color="C3", lw=1.2)
@@ -159,7 +175,7 @@ def _plot_error(data, path: Path) -> Path:
             ax.axvspan(obs["x"][:, 0].min(), obs["x"][:, 0].max(), color="C2", alpha=0.15, label="observed range")
             ax.legend(fontsize=9)
         ax.set_xlabel(axes[0])
-        ax.set_ylabel("|u - exact|")
+        ax.set_ylabel(f"|u - {name}|")
         ax.set_title(title, fontsize=10)
     return path
 
@@ -177,8 +193,12 @@ def _plot_decomposition(data, path: Path) -> Path:
                 ax.set_xlabel(axes[0])
                 ax.set_title(f"{title}\n{name}: {len(dec[name]['centres'])} subdomains", fontsize=10)
         return path
-    with _figure(path, ncols=len(levels), figsize=(6 * len(levels), 5.5)) as (fig, axs):
+    index, where = _plane(data)
+    x0, x1 = np.meshgrid(*_grid(data)[:2], indexing="ij")  # (n0, n1)
+    with _figure(path, ncols=len(levels), figsize=(6.8 * len(levels), 5.5)) as (fig, axs):
         for ax, name in zip(axs[0], levels):
+            mesh = ax.pcolormesh(x0, x1, data["solution"]["u"][index], shading="auto", cmap="gray", alpha=0.7)
+            fig.colorbar(mesh, ax=ax, label=f"u (FBPINN), {where}" if where else "u (FBPINN)")
             _rectangles_2d(ax, dec[name], lo, hi)
             ax.set_xlabel(axes[0])
             ax.set_ylabel(axes[1])
@@ -238,11 +258,13 @@ def _windows_1d(ax, dec, name, lo, hi) -> None:
 
 
 def _rectangles_2d(ax, level, lo, hi) -> None:
-    """Subdomain rectangles (first two axes) over the domain box, centres marked."""
-    centres, half = level["centres"][:, :2], level["half_widths"][:, :2]  # (J, 2)
+    """Subdomain outlines (first two axes, thin and semi-transparent so that a heat map
+    beneath stays legible) and the domain box, centres marked.  Subdomains that differ
+    only along later axes project onto one rectangle, drawn once."""
+    boxes = np.unique(np.concatenate([level["centres"][:, :2], level["half_widths"][:, :2]], axis=1), axis=0)
+    centres, half = boxes[:, :2], boxes[:, 2:]  # (J', 2)
     for j, (c, h) in enumerate(zip(centres, half)):
-        colour = f"C{j % 10}"
-        ax.add_patch(Rectangle(c - h, 2 * h[0], 2 * h[1], facecolor=to_rgba(colour, 0.1), edgecolor=colour, lw=1.5))
+        ax.add_patch(Rectangle(c - h, 2 * h[0], 2 * h[1], fill=False, edgecolor=to_rgba(f"C{j % 10}", 0.8), lw=1.0))
     ax.add_patch(Rectangle(lo[:2], hi[0] - lo[0], hi[1] - lo[1], fill=False, edgecolor="k", lw=2.2,
                            label="domain"))
     ax.plot(centres[:, 0], centres[:, 1], "kx", ms=6, label="centres")
@@ -255,21 +277,74 @@ def _rectangles_2d(ax, level, lo, hi) -> None:
     ax.legend(fontsize=8, loc="upper right")
 
 
-def _heatmaps(data, path: Path, fields, title: str, obs) -> Path:
+def _plot_slices(data, path: Path) -> Path:
+    """slices.png of a space-time problem: with 1 space axis, one panel of u(x) over the
+    target per time; with more, heat maps of :func:`_fields` at ``N_TIME_MAPS`` times."""
+    if _n_space(data) > 1:
+        return _heatmaps(data, path, _fields(data), _title(data), None, n_slices=N_TIME_MAPS)
+    (x, t), axes = _grid(data), _axis_names(data)
+    u, (name, target) = data["solution"]["u"], _target(data)  # (nx, nt)
+    ks = _spread(len(t), N_TIME_LINES)
+    size = (3.4 * len(ks), 4.0)
+    with _figure(path, ncols=len(ks), figsize=size, suptitle=_title(data), sharey=True) as (fig, axs):
+        for ax, k in zip(axs[0], ks):
+            if name:
+                ax.plot(x, target[:, k], color="0.6", lw=3, label=name)
+            ax.plot(x, u[:, k], color="C0", lw=1.5, label="FBPINN")
+            ax.set_xlabel(axes[0])
+            ax.set_title(f"{axes[-1]} = {t[k]:.3g}", fontsize=10)
+        if name:
+            _ylim_to(axs[0, 0], target)
+        axs[0, 0].set_ylabel("u")
+        axs[0, 0].legend(fontsize=8)
+    return path
+
+
+def _plot_wavefield(data, path: Path) -> Path:
+    """wavefield.gif: :func:`_fields` side by side over the first two axes, one frame per
+    test time (evenly strided down to ``MAX_FRAMES``), colour scales fixed over all frames."""
+    axes, grid, fields = _axis_names(data), _grid(data), _fields(data)
+    ks = _spread(len(grid[-1]), MAX_FRAMES)
+    x0, x1 = np.meshgrid(grid[0], grid[1], indexing="ij")  # (n0, n1)
+    size = (4.4 * len(fields), 3.8)
+    fig, axs = plt.subplots(1, len(fields), figsize=size, squeeze=False)
+    try:
+        meshes = []
+        for ax, (label, z, kind) in zip(axs[0], fields):
+            vmin, vmax, cmap = _colour_range(z, kind, fields)
+            meshes.append(ax.pcolormesh(x0, x1, z[_plane(data, ks[0])[0]], shading="auto", cmap=cmap,
+                                        vmin=vmin, vmax=vmax))
+            fig.colorbar(meshes[-1], ax=ax)
+            ax.set_xlabel(axes[0])
+            ax.set_ylabel(axes[1])
+            ax.set_title(label, fontsize=10)
+
+        def frame(k):
+            index, where = _plane(data, k)
+            for mesh, (_, z, _) in zip(meshes, fields):
+                mesh.set_array(z[index])
+            fig.suptitle(f"{_title(data)}, {where}", fontsize=11)
+            return meshes
+
+        frame(ks[0])
+        _layout(fig, size, suptitle=True)
+        FuncAnimation(fig, frame, frames=ks).save(path, writer=PillowWriter(fps=GIF_FPS), dpi=GIF_DPI)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _heatmaps(data, path: Path, fields, title: str, obs, n_slices: int = N_SLICES) -> Path:
     """Heat maps of ``fields`` (label, array, kind) over the first two axes.
 
     2-D problems: one panel per field side by side.  Higher dimensions: one row per
-    field, one column per slice along the last axis (middle index of the others);
-    observations are drawn on 2-D panels only.
+    field, one column per slice along the last axis (up to ``n_slices``, evenly spread,
+    first and last included; middle index of the axes between); observations are
+    drawn on 2-D panels only.  Colour scales are shared by all slices of a field.
     """
     axes, grid = _axis_names(data), _grid(data)
-    if len(axes) == 2:
-        slices = [((slice(None), slice(None)), "")]
-    else:
-        n_last = len(grid[-1])
-        ks = sorted(set(np.linspace(0, n_last - 1, N_SLICES).round().astype(int).tolist()))
-        mid = tuple(len(g) // 2 for g in grid[2:-1])
-        slices = [((slice(None), slice(None), *mid, k), f"{axes[-1]} = {grid[-1][k]:.3g}") for k in ks]
+    ks = [None] if len(axes) == 2 else _spread(len(grid[-1]), n_slices)
+    slices = [_plane(data, k) for k in ks]
     n_rows, n_cols = (1, len(fields)) if len(slices) == 1 else (len(fields), len(slices))
     x0, x1 = np.meshgrid(grid[0], grid[1], indexing="ij")  # (n0, n1)
     size = (5.2 * n_cols, 4.2 * n_rows + 0.6)
@@ -301,20 +376,33 @@ def _colour_range(z, kind, fields):
     return min(float(np.min(v)) for v in values), max(float(np.max(v)) for v in values), "viridis"
 
 
+def _ylim_to(ax, target) -> None:
+    """y limits around ``target`` with a margin, so that a diverging run cannot flatten it."""
+    lo, hi = float(np.min(target)), float(np.max(target))
+    pad = 0.5 * (hi - lo) if hi > lo else 1.0
+    ax.set_ylim(lo - pad, hi + pad)
+
+
 @contextmanager
-def _figure(path: Path, nrows: int = 1, ncols: int = 1, figsize=(8, 4.5), suptitle: str = ""):
-    """A figure with a (nrows, ncols) array of axes, saved to ``path`` and always closed."""
-    fig, axs = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False)
+def _figure(path: Path, nrows: int = 1, ncols: int = 1, figsize=(8, 4.5), suptitle: str = "", **subplots):
+    """A figure with a (nrows, ncols) array of axes, saved to ``path`` and always closed.
+
+    ``subplots``: further arguments of :func:`matplotlib.pyplot.subplots` (``sharey``).
+    """
+    fig, axs = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, **subplots)
     try:
         yield fig, axs
         if suptitle:
             fig.suptitle(suptitle, fontsize=11)
-            fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figsize[1]))  # room for the suptitle
-        else:
-            fig.tight_layout()
+        _layout(fig, figsize, bool(suptitle))
         fig.savefig(path, dpi=DPI)
     finally:
         plt.close(fig)
+
+
+def _layout(fig, figsize, suptitle: bool) -> None:
+    """Tight layout, leaving room for a one-line suptitle where there is one."""
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figsize[1]) if suptitle else None)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -325,6 +413,51 @@ def _axis_names(data) -> list[str]:
 def _grid(data) -> list[np.ndarray]:
     """Test-grid coordinate vectors, one per axis, in axis order."""
     return [data["solution"][f"axis_{a}"] for a in _axis_names(data)]
+
+
+def _n_space(data) -> int:
+    """Number of space axes of a space-time problem (last axis ``t`` after at least one
+    other); 0 for any other problem."""
+    axes = _axis_names(data)
+    return len(axes) - 1 if len(axes) > 1 and axes[-1] == "t" else 0
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """Up to ``k`` evenly spread indices into ``range(n)``, the first and last included."""
+    return sorted(set(np.linspace(0, n - 1, min(n, k)).round().astype(int).tolist()))
+
+
+def _plane(data, k=None):
+    """``(index, label)`` of the test-grid plane of the first two axes at index ``k`` of
+    the last axis (its middle when None) and the middle index of the axes between;
+    2-D problems: the whole grid and an empty label."""
+    axes, grid = _axis_names(data), _grid(data)
+    if len(axes) == 2:
+        return (slice(None), slice(None)), ""
+    k = len(grid[-1]) // 2 if k is None else k
+    mid = tuple(len(g) // 2 for g in grid[2:-1])
+    return (slice(None), slice(None), *mid, k), f"{axes[-1]} = {grid[-1][k]:.3g}"
+
+
+def _fields(data) -> list:
+    """``(label, array, kind)`` of the heat maps: u and, with a target, the target and the
+    signed error u - target (kinds as in :func:`_colour_range`)."""
+    u = data["solution"]["u"]
+    name, target = _target(data)
+    fields = [("u (FBPINN)", u, "value")]
+    if name:
+        fields += [(name, target, "value"), (f"error u - {name}", u - target, "signed")]
+    return fields
+
+
+def _target(data):
+    """``(name, array)`` of what the error is measured against: the exact solution or a
+    numerical reference; ``(None, None)`` when the run has neither."""
+    sol = data["solution"]
+    for name in ("exact", "reference"):
+        if name in sol:
+            return name, sol[name]
+    return None, None
 
 
 def _final_rel_l2(data) -> float:
@@ -338,7 +471,11 @@ def _fmt(v: float) -> str:
 
 def _title(data) -> str:
     rel = _final_rel_l2(data)
-    tail = f"final rel L2 {rel:.3e}" if math.isfinite(rel) else "no exact solution (rel L2 n/a)"
+    versus = "" if _target(data)[0] != "reference" else " vs reference"
+    if math.isfinite(rel):
+        tail = f"final rel L2{versus} {rel:.3e}"
+    else:
+        tail = "rel L2 n/a" if _target(data)[0] else "no exact solution (rel L2 n/a)"
     return f"{data['attrs']['problem']}: {tail}"
 
 

@@ -10,8 +10,8 @@ after another, for ``steps_per_slab`` steps each:
   later slabs are switched off: they are left out of the model and the time windows
   are normalised over the included centres only, so the model is a partition of
   unity over the region the included subdomains cover;
-- the loss uses the collocation points of that region, t <= the upper edge of slab
-  k's support;
+- the loss uses the collocation points of that region, t below the upper edge of
+  slab k's support;
 - the optimiser starts afresh for each slab.
 
 The steps left after the last slab (``training.steps - slabs * steps_per_slab``)
@@ -97,7 +97,7 @@ class TimeMarching:
         trainable = (self.t_index >= first) & (self.t_index < end)
         frozen = f", t-index 0..{first - 1} frozen" if first else ""
         text = (f"slab {index + 1}/{self.slabs}: subdomains of t-index {first}..{end - 1} train{frozen}, "
-                f"points t <= {t_max:.4g}")
+                f"points t < {t_max:.4g}")
         return Stage(index, end, t_max, trainable, text)
 
     def apply(self, stage: Stage) -> None:

@@ -153,8 +153,11 @@ class Trainer:
         self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _until(self, term: Term, t_max: float) -> Term:
-        """The part of ``term`` with t <= t_max, normalised by its global point count."""
-        keep = term.x[:, self.problem.axes.index("t")] <= t_max
+        """The part of ``term`` with t < t_max (the end of the slab's open support; t <= t_max at
+        the domain's end), normalised by its global point count."""
+        d = self.problem.axes.index("t")
+        t = term.x[:, d].double()
+        keep = (t <= t_max) if t_max >= self.problem.domain.hi[d] else (t < t_max)
         n = int(self.ctx.allreduce(np.array([float(keep.sum())]))[0])
         target = None if term.target is None else term.target[keep]
         return Term(term.name, term.x[keep], term.needs, term.residual, term.weight, target, max(n, 1))

@@ -35,6 +35,16 @@ SOFT_PINN = {"problem": {"name": "harmonic_oscillator", "constraint": "soft"},
              "decomposition": {"subdomains": [1], "overlap": 1.0}, "network": {"hidden": [8, 8]},
              "training": {"steps": 100, "dtype": "float64", "points": [60], "eval_every": 50}}
 
+WAVE_MARCH = {"problem": {"name": "wave1d", "t_max": 1.0},
+              "decomposition": {"subdomains": [6, 6], "overlap": 2.0}, "network": {"hidden": [8]},
+              "training": {"steps": 120, "dtype": "float64", "points": [24, 18], "eval_every": 50},
+              "schedule": {"kind": "time_marching", "slabs": 3, "steps_per_slab": 30},
+              "test": {"points": [21, 11]}}
+BURGERS = {"problem": {"name": "burgers"}, "decomposition": {"subdomains": [6, 3], "overlap": 2.0},
+           "network": {"hidden": [8]},
+           "training": {"steps": 100, "dtype": "float64", "points": [24, 12], "eval_every": 50},
+           "test": {"points": [33, 11]}}
+
 
 def write_toml(data: dict, path: Path) -> Path:
     lines = []
@@ -113,15 +123,21 @@ def test_serial_context():
 @needs_mpi
 @pytest.mark.parametrize("case,ranks", [("cos1d", 2), ("cos1d", 3), ("cos1d", 4),
                                         ("laplace", 2), ("laplace", 3), ("laplace", 4),
-                                        ("inverse", 3), ("soft_pinn", 2)])
+                                        ("inverse", 3), ("soft_pinn", 2), ("wave_march", 2), ("wave_march", 3),
+                                        ("burgers", 2)])
 def test_mpi_equals_serial(tmp_path, case, ranks):
-    data = {"cos1d": COS1D, "laplace": LAPLACE, "inverse": INVERSE, "soft_pinn": SOFT_PINN}[case]
+    data = {"cos1d": COS1D, "laplace": LAPLACE, "inverse": INVERSE, "soft_pinn": SOFT_PINN,
+            "wave_march": WAVE_MARCH, "burgers": BURGERS}[case]
     cfg_path = write_toml(data, tmp_path / f"{case}.toml")
     serial = fbpinn.train(fbpinn.load_config(cfg_path))
     proc = mpirun(ranks, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "p")])
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = assert_same_run(serial, tmp_path / "p" / "run.h5")
     assert out["attrs"]["n_ranks"] == ranks
+    if case == "burgers":  # the reference is computed once and shared
+        assert np.abs(out["solution"]["reference"].ravel() - serial.u_exact.numpy()).max() == 0
+    if case == "wave_march":  # space is split, time marches
+        assert "slab 3/3" in proc.stdout and "own + halo" in proc.stdout
     assert f"{ranks} rank(s)" in proc.stdout
     # Ranks on one node share its cores (unless OMP_NUM_THREADS says otherwise).
     threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // ranks))

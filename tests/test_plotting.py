@@ -1,16 +1,24 @@
-"""Tests of fbpinn.plotting and ``fbpinn plot``: the PNGs exist, are real images of a
-plausible size, figures are closed, and bad input fails with a clear error.
+"""Tests of fbpinn.plotting and ``fbpinn plot``: the PNGs and the GIF exist, are real
+images of the expected size (and frame count), the right files are written for each
+kind of problem, figures are closed, and bad input fails with a clear error.
 
-1-D results files come from tiny training runs through the Python API; the 2-D and
-3-D branches use hand-written files with the layout of :func:`fbpinn.io.write_results`.
+1-D, (x, t) and (x, y, t) results files come from tiny training runs through the Python
+API; other layouts use hand-written files with the layout of
+:func:`fbpinn.io.write_results`.
 """
 
 import shutil
+
+from pathlib import Path
 
 import h5py
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.animation import PillowWriter
+from matplotlib.collections import QuadMesh
+from matplotlib.patches import Rectangle
+from PIL import Image
 
 import fbpinn
 from fbpinn import plotting
@@ -18,15 +26,16 @@ from fbpinn.cli import main
 from fbpinn.io import SCHEMA_VERSION
 
 RUN_PNGS = {"solution.png", "error.png", "decomposition.png", "training.png"}
+SPACE_TIME = {1: {"slices.png"}, 2: {"slices.png", "wavefield.gif"}}  # extra files by number of space axes
 
 
-def _train(path, problem, subdomains=(1,), overlap=1.0):
+def _train(path, problem, subdomains=(1,), overlap=1.0, points=(50,), test_points=(200,)):
     cfg = fbpinn.load_config(data={
         "problem": problem,
         "decomposition": {"subdomains": list(subdomains), "overlap": overlap},
         "network": {"hidden": [8]},
-        "training": {"steps": 20, "points": [50], "log_every": 10**6, "eval_every": 10},
-        "test": {"points": [200]},
+        "training": {"steps": 20, "points": list(points), "log_every": 10**6, "eval_every": 10},
+        "test": {"points": list(test_points)},
     })
     return fbpinn.save_results(path, fbpinn.train(cfg))
 
@@ -85,14 +94,59 @@ def runs(tmp_path_factory):
     return {"data_only": data_only, "inverse": inverse, "no_exact": no_exact}
 
 
+@pytest.fixture(scope="module")
+def space_time(tmp_path_factory):
+    """Tiny space-time runs measured against a numerical reference: burgers (x, t) on an
+    11-time test grid and wave2d (x, y, t) on a 6-time one."""
+    root = tmp_path_factory.mktemp("space_time")
+    return {"xt": _train(root / "burgers" / "run.h5", {"name": "burgers"}, (3, 2), 2.0, (20, 10), (41, 11)),
+            "xyt": _train(root / "wave2d" / "run.h5", {"name": "wave2d"}, (2, 2, 2), 2.0, (8, 8, 4), (17, 17, 6))}
+
+
+@pytest.fixture(scope="module")
+def plotted(space_time):
+    """``(written paths, _Spy)`` of plot_run on each space-time run, drawn once for all tests."""
+    out = {}
+    for kind, path in space_time.items():
+        with pytest.MonkeyPatch.context() as mp:
+            spy = _Spy(mp)
+            out[kind] = (plotting.plot_run(path), spy)
+    return out
+
+
 def _check_pngs(paths, names):
+    """``paths`` are exactly ``names``, each a complete PNG or GIF; no figure left open."""
     assert {p.name for p in paths} == names
     for p in paths:
         assert p.is_file(), p
-        blob = p.read_bytes()
-        assert blob.startswith(b"\x89PNG\r\n\x1a\n"), p
-        assert len(blob) > 5000, (p, len(blob))
+        assert p.stat().st_size > 5000, (p, p.stat().st_size)
+        with Image.open(p) as im:
+            assert im.format == p.suffix[1:].upper(), p
+            assert min(im.size) > 200, (p, im.size)
+            im.verify()  # raises on a truncated or corrupt file
     assert plt.get_fignums() == []
+
+
+class _Spy:
+    """Records the figures saved (by file name) and the GIF frames grabbed while active."""
+
+    def __init__(self, monkeypatch):
+        self.saved, self.frames = {}, []
+        real_save, real_grab = plt.Figure.savefig, PillowWriter.grab_frame
+
+        def save(fig, fname, *args, **kwargs):
+            if isinstance(fname, (str, Path)):
+                self.saved[Path(fname).name] = fig
+            return real_save(fig, fname, *args, **kwargs)
+
+        def grab(writer, **kwargs):
+            fig = writer.fig
+            self.frames.append({"title": fig.get_suptitle(),
+                                "clims": [ax.collections[0].get_clim() for ax in fig.axes if ax.get_title()]})  # not colour bars
+            return real_grab(writer, **kwargs)
+
+        monkeypatch.setattr(plt.Figure, "savefig", save)
+        monkeypatch.setattr(PillowWriter, "grab_frame", grab)
 
 
 def test_plot_run_1d(runs):
@@ -108,10 +162,97 @@ def test_plot_run_without_exact_skips_error(runs):
     assert not (runs["no_exact"].parent / "error.png").exists()
 
 
-@pytest.mark.parametrize("axes", [("x", "y"), ("x", "y", "t")])
+@pytest.mark.parametrize("axes", [("x", "y"), ("t", "x"), ("x", "y", "z")])
 def test_plot_run_2d_and_3d(tmp_path, axes):
-    path = _write_fake(tmp_path / "run.h5", axes, n=20 if len(axes) == 3 else 30)
+    """No slices or GIF unless the last axis is t after a space axis."""
+    path = _write_fake(tmp_path / "run.h5", axes, n=10 if len(axes) == 3 else 30)
     _check_pngs(plotting.plot_run(path), RUN_PNGS)
+
+
+@pytest.mark.parametrize("kind, n_space", [("xt", 1), ("xyt", 2)])
+def test_plot_run_space_time(plotted, space_time, kind, n_space):
+    """Slices for (x, t), slices and the GIF for (x, y, t); runs with a reference instead
+    of an exact solution get error.png too."""
+    paths = plotted[kind][0]
+    _check_pngs(paths, RUN_PNGS | SPACE_TIME[n_space])
+    assert all(p.parent == space_time[kind].parent for p in paths)
+
+
+def test_slices_lines(plotted, space_time):
+    """(x, t): one panel per time, the first and final test times included, each with the
+    reference in grey beneath u; the title carries the problem and final rel L2."""
+    spy = plotted["xt"][1]
+    data = fbpinn.load_results(space_time["xt"])
+    t = data["solution"]["axis_t"]
+    fig = spy.saved["slices.png"]
+    axs = fig.axes
+    assert len(axs) == plotting.N_TIME_LINES
+    assert axs[0].get_title() == f"t = {t[0]:.3g}" and axs[-1].get_title() == f"t = {t[-1]:.3g}"
+    for ax in axs:
+        assert [line.get_label() for line in ax.get_lines()] == ["reference", "FBPINN"]
+    assert "burgers" in fig.get_suptitle() and f"{data['training']['rel_l2'][-1]:.3e}" in fig.get_suptitle()
+    with Image.open(space_time["xt"].parent / "slices.png") as im:
+        assert im.size == (round(3.4 * len(axs) * plotting.DPI), round(4.0 * plotting.DPI))
+
+
+def test_slices_heatmaps_and_wavefield(plotted, space_time):
+    """(x, y, t): slices.png has rows u, reference, error at N_TIME_MAPS times with u and
+    the reference on one colour scale and the error on a symmetric one; the GIF has one
+    frame per test time, colour scales fixed over frames and the time in the title."""
+    spy = plotted["xyt"][1]
+    t = fbpinn.load_results(space_time["xyt"])["solution"]["axis_t"]
+    panels = [ax for ax in spy.saved["slices.png"].axes if ax.get_title()]  # colour bars have no title
+    assert len(panels) == 3 * plotting.N_TIME_MAPS
+    assert [ax.get_title().split(", ")[0] for ax in panels[::plotting.N_TIME_MAPS]] == \
+        ["u (FBPINN)", "reference", "error u - reference"]
+    assert panels[0].get_title().endswith(f"t = {t[0]:.3g}") and panels[-1].get_title().endswith(f"t = {t[-1]:.3g}")
+    clims = [ax.collections[0].get_clim() for ax in panels]
+    assert len(set(clims[:2 * plotting.N_TIME_MAPS])) == 1
+    assert len(set(clims[2 * plotting.N_TIME_MAPS:])) == 1 and clims[-1][0] == -clims[-1][1]
+
+    assert len(spy.frames) == len(t)
+    assert [f["title"].rsplit("t = ", 1)[1] for f in spy.frames] == [f"{v:.3g}" for v in t]
+    assert all(f["clims"] == spy.frames[0]["clims"] for f in spy.frames)
+    u_clim, ref_clim, err_clim = spy.frames[0]["clims"]
+    assert u_clim == ref_clim and err_clim[0] == -err_clim[1]
+    with Image.open(space_time["xyt"].parent / "wavefield.gif") as im:
+        assert im.n_frames == len(t)
+        assert im.size == (round(4.4 * 3 * plotting.GIF_DPI), round(3.8 * plotting.GIF_DPI))
+
+
+def test_wavefield_frames_capped(tmp_path, monkeypatch):
+    """Beyond MAX_FRAMES test times the frames are evenly strided, first and last kept."""
+    monkeypatch.setattr(plotting, "MAX_FRAMES", 4)
+    path = _write_fake(tmp_path / "run.h5", ("x", "y", "t"), n=10)
+    spy = _Spy(monkeypatch)
+    gif = plotting._plot_wavefield(fbpinn.load_results(path), tmp_path / "wavefield.gif")
+    assert [f["title"].rsplit("t = ", 1)[1] for f in spy.frames] == ["0", "1", "2", "3"]  # t spans [0, 3]
+    with Image.open(gif) as im:
+        assert im.n_frames == 4
+    assert plt.get_fignums() == []
+
+
+def test_wavefield_closes_figure_on_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(plotting, "MAX_FRAMES", 2)
+    path = _write_fake(tmp_path / "run.h5", ("x", "y", "t"), n=6)
+
+    def fail(writer):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PillowWriter, "finish", fail)
+    with pytest.raises(OSError, match="disk full"):
+        plotting._plot_wavefield(fbpinn.load_results(path), tmp_path / "wavefield.gif")
+    assert plt.get_fignums() == []
+
+
+@pytest.mark.parametrize("kind, n_boxes", [("xt", 6), ("xyt", 4)])
+def test_decomposition_over_solution(plotted, kind, n_boxes):
+    """The subdomain outlines lie over a heat map of u; (x, y, t) subdomains that differ
+    only in t project onto one rectangle, drawn once."""
+    ax = plotted[kind][1].saved["decomposition.png"].axes[0]
+    assert any(isinstance(c, QuadMesh) for c in ax.collections)
+    outlines = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_label() != "domain"]
+    assert len(outlines) == n_boxes and not any(p.get_fill() for p in outlines)
 
 
 def test_solution_title_and_windows(runs, monkeypatch):

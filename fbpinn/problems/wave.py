@@ -9,10 +9,12 @@ The exact solution is d'Alembert's ``u = (g(x - ct) + g(x + ct)) / 2`` with ``g`
 initial pulse extended oddly about both ends (period 4), so the two halves of the
 pulse reflect from the walls with a change of sign.  The ansatz
 
-    u = u0(x) + tanh(t / sigma)^2 (1 - x^2) u_hat
+    u = sech(t / sigma)^2 u0(x) + tanh(t / sigma)^2 (1 - x^2) u_hat
 
 makes the initial displacement, the zero initial velocity and the fixed ends hold
-exactly (``u0`` is the extended pulse, which vanishes at the walls).
+exactly (``u0`` is the extended pulse, which vanishes at the walls).  The initial
+pulse fades from the ansatz over a time ``sigma``, so an untrained network starts
+from a quiet field rather than a pulse that stays put.
 
 ``wave2d``: a pulse in an open medium,
 
@@ -21,7 +23,8 @@ exactly (``u0`` is the extended pulse, which vanishes at the walls).
 
 with the speed ``c`` constant or a smooth mixture of Gaussian bumps,
 ``c = c0 (1 + sum_k a_k exp(-|(x, y) - m_k|^2 / (2 s_k^2)))``.  The ansatz
-``u = u0 + tanh(t / sigma)^2 u_hat`` makes the initial conditions hold exactly.  The
+``u = sech(t / sigma)^2 u0 + tanh(t / sigma)^2 u_hat`` makes the initial conditions
+hold exactly.  The
 medium is unbounded (no boundary condition), so there is no closed-form solution: the
 reference is the finite-difference solution of :mod:`fbpinn.reference.wave` on a padded
 domain, cached to HDF5.
@@ -51,7 +54,7 @@ class Wave1dParams(Params):
     x0: float = 0.0  # centre of the initial pulse
     width: float = 0.1  # standard deviation w of the initial pulse
     t_max: float = 2.0
-    sigma: float = 0.1  # time scale of the ansatz's tanh ramp
+    sigma: float = 0.1  # time over which the ansatz hands over from the initial pulse to the network
 
     def validate(self):
         bad = super().validate() or _positive(self, "c", "width", "t_max", "sigma")
@@ -89,8 +92,8 @@ class Wave1d(Problem):
         return torch.where(mirrored, -g, g)
 
     def constraint(self, x):
-        t = x[:, 1]
-        return self._pulse(x[:, 0]), torch.tanh(t / self.p.sigma) ** 2 * (1 - x[:, 0] ** 2)
+        ramp = torch.tanh(x[:, 1] / self.p.sigma) ** 2
+        return (1 - ramp) * self._pulse(x[:, 0]), ramp * (1 - x[:, 0] ** 2)
 
     def residual(self, x, d):
         return d["u_tt"] - self.p.c**2 * d["u_xx"]
@@ -118,7 +121,7 @@ class Wave2dParams(Params):
     y0: float = 0.0
     width: float = 0.1  # standard deviation w of the initial pulse
     t_max: float = 1.0
-    sigma: float = 0.1  # time scale of the ansatz's tanh ramp
+    sigma: float = 0.1  # time over which the ansatz hands over from the initial pulse to the network
     reference_h: float = 0.01  # largest grid spacing of the finite-difference reference
 
     def validate(self):
@@ -172,7 +175,8 @@ class Wave2d(Problem):
         return lib.exp(-((x - self.p.x0) ** 2 + (y - self.p.y0) ** 2) / (2 * self.p.width**2))
 
     def constraint(self, x):
-        return self.initial(x[:, 0], x[:, 1]), torch.tanh(x[:, 2] / self.p.sigma) ** 2
+        ramp = torch.tanh(x[:, 2] / self.p.sigma) ** 2
+        return (1 - ramp) * self.initial(x[:, 0], x[:, 1]), ramp
 
     def residual(self, x, d):
         c = self.speed(x[:, 0], x[:, 1])

@@ -92,7 +92,9 @@ def cmd_info(args) -> int:
     for name, g in data["decomposition"].items():
         if name.startswith("level"):
             print(f"  {name}: {len(g['centres'])} subdomains, grid {g['attrs']['shape'].tolist()}")
-    print(f"  steps {int(tr['step'][-1])}, final loss {tr['loss'][-1]:.4e}, final rel_l2 {tr['rel_l2'][-1]:.4e}")
+    sol = data["solution"]["attrs"]
+    versus = f" against the reference ({sol.get('reference_method', '')})" if sol.get("target") == "reference" else ""
+    print(f"  steps {int(tr['step'][-1])}, final loss {tr['loss'][-1]:.4e}, final rel_l2 {tr['rel_l2'][-1]:.4e}{versus}")
     for name, value in data.get("learned", {}).items():
         if name != "attrs":
             print(f"  learned {name} = {float(value):.6g}")

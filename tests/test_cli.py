@@ -28,6 +28,25 @@ def test_train_info_plot(tmp_path, capsys):
     assert "problem harmonic_oscillator" in text and "steps 40" in text and "[training]" in text
 
 
+def test_reference_solution_is_stored_and_errors_are_measured_against_it(tmp_path, capsys):
+    out = tmp_path / "burgers"
+    args = ["--set", "training.steps=20", "--set", "training.compile=false", "--set", "training.eval_every=20",
+            "--set", "training.points=[30,10]", "--set", "test.points=[41,11]", "--set", "network.hidden=[8]",
+            "--set", "decomposition.subdomains=[4,2]"]
+    assert main(["train", str(ROOT / "configs/burgers.toml"), "--out", str(out), *args]) == 0
+    data = read_results(out / "run.h5")
+    sol = data["solution"]
+    assert sol["attrs"]["target"] == "reference" and "Cole-Hopf" in sol["attrs"]["reference_method"]
+    assert "exact" not in sol and sol["reference"].shape == (41, 11)
+    assert np.abs(sol["reference"][:, 0] + np.sin(np.pi * sol["axis_x"])).max() < 1e-12  # u(x, 0)
+    assert np.array_equal(sol["error"], sol["u"] - sol["reference"])
+    rel = np.linalg.norm(sol["error"]) / np.linalg.norm(sol["reference"])
+    assert data["training"]["rel_l2"][-1] == pytest.approx(rel, rel=1e-6)
+    capsys.readouterr()
+    assert main(["info", str(out / "run.h5")]) == 0
+    assert "against the reference (Cole-Hopf" in capsys.readouterr().out
+
+
 def test_problems_lists_names(capsys):
     assert main(["problems"]) == 0
     out = capsys.readouterr().out

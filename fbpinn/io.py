@@ -116,6 +116,7 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
     tr["rel_l2"] = np.asarray(h["rel_l2"], dtype=np.float64)
     tr["time"] = np.asarray(h["time"], dtype=np.float64)
     tr["lr"] = np.asarray(h["lr"], dtype=np.float64)
+    tr["stage"] = np.asarray(h.get("stage", [0] * len(h["step"])), dtype=np.int64)
     tr["loss_terms"] = np.asarray(h["loss_terms"], dtype=np.float64).reshape(len(h["step"]), len(run.term_names))
     tr["loss_terms"].attrs["names"] = ",".join(run.term_names)
     tr["loss_per_step"] = np.asarray(run.loss_per_step, dtype=np.float64)

@@ -91,6 +91,33 @@ def build(cfg: Config, ctx: Context | None = None):
     return problem, model, gen, dist
 
 
+_ALLOCATOR_TUNED = False
+
+
+def tune_host_allocator() -> bool:
+    """Keep large CPU tensors in the heap between steps (glibc only; once per process).
+
+    glibc serves blocks above 32 MB with fresh mmap'd pages and returns them on free, so
+    a step whose intermediate tensors exceed that size pays for zeroing every page again
+    at every step (about 2x the step time on a (2+1)-D wave problem with 10^5 pairs).
+    Raising the mmap and trim thresholds makes freed blocks reusable.  Returns whether
+    the thresholds were set."""
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    _ALLOCATOR_TUNED = bool(mallopt(M_MMAP_THRESHOLD, 2**30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return _ALLOCATOR_TUNED
+
+
 class Trainer:
     """Owns the optimiser, the loss terms and their prepared batches for one run."""
 
@@ -100,6 +127,7 @@ class Trainer:
         self.cfg = cfg
         self.ctx = ctx or Context(None)
         tr = cfg.training
+        tune_host_allocator()
         self.problem, self.model, self.gen, self.dist = build(cfg, self.ctx)
         self.dtype = self.model.dtype
         # Boundary and observation terms: this rank's points, fixed for the whole run.
@@ -305,7 +333,7 @@ class Trainer:
         cfg, tr = self.cfg, self.cfg.training
         run = Run(cfg, self.model, self.problem, [t.name for t in self.terms], start_time=time.time(),
                   n_ranks=self.ctx.size, target=self.target)
-        hist = {"step": [], "loss": [], "loss_terms": [], "rel_l2": [], "time": [], "lr": []}
+        hist = {"step": [], "loss": [], "loss_terms": [], "rel_l2": [], "time": [], "lr": [], "stage": []}
         pairs = self.batch.pairs()
         shapes = [list(lv.shape) for lv in self.model.levels]
         n_params = sum(sum(p[0].numel() for p in net.parameters()) * lv.n_subdomains
@@ -342,6 +370,7 @@ class Trainer:
                 hist["rel_l2"].append(err)
                 hist["time"].append(time.perf_counter() - t0)
                 hist["lr"].append(lr)
+                hist["stage"].append(self.stage.index)
             if step % tr.log_every == 0 or last:
                 now = time.perf_counter()
                 rate = (step - step_log) / max(now - t_log, 1e-9)

@@ -110,3 +110,13 @@ def test_time_marching_needs_a_time_axis_and_one_level():
     with pytest.raises(ConfigError, match="splits space only") as info:
         fbpinn.load_config(data={"problem": {"name": "wave1d"}, **base, "parallel": {"axes": [1]}})
     assert info.value.key == "parallel.axes"
+
+
+def test_history_records_the_stage_of_each_evaluation(tmp_path):
+    cfg = wave_config(steps=35)
+    cfg.training.eval_every = 5
+    run = Trainer(cfg).run()
+    assert run.history["step"] == [1, 5, 10, 15, 20, 25, 30, 35]
+    assert run.history["stage"] == [0, 0, 0, 1, 1, 2, 2, 3]
+    fbpinn.save_results(tmp_path / "run.h5", run)
+    assert fbpinn.load_results(tmp_path / "run.h5")["training"]["stage"].tolist() == run.history["stage"]

@@ -105,3 +105,24 @@ def test_wave2d_reference_starts_from_the_pulse_and_is_cached(tmp_path, monkeypa
     other = all_problems()["wave2d"](all_problems()["wave2d"].Params(velocity="constant", reference_h=0.04))
     assert not torch.allclose(other.reference(axes), ref)  # the medium is part of the cache key
     assert len(list(tmp_path.glob("wave-*.h5"))) == 2
+
+
+@pytest.mark.parametrize("side, direction", [(0, 1.0), (0, -1.0), (1, 1.0), (1, -1.0)])
+def test_wave2d_absorbing_condition_passes_outgoing_and_stops_incoming_waves(side, direction):
+    cls = all_problems()["wave2d"]
+    problem = cls(cls.Params(boundary_points=[9, 5]), dtype=torch.float64)  # constant speed c0 = 1
+    term = problem.terms(torch.Generator())[0]
+    x = term.x[(term.x[:, side] * direction) >= 1]  # the points on one side
+    assert len(x) == 9 * 5
+    orders = [parse(n, problem.axes) for n in term.needs]
+    keys = sorted({(), *orders}, key=lambda o: (len(o), o))
+
+    def residual(wave):
+        d = autograd_derivatives(wave, x, orders)
+        return term.residual(x, Derivs(torch.stack([d[o] for o in keys]), keys, problem.axes))
+
+    pulse = lambda s: torch.exp(-((s - 0.3) ** 2) / 0.02)  # noqa: E731
+    outgoing = lambda y: pulse(direction * y[:, side] - y[:, 2])  # noqa: E731  travels outwards through that side
+    incoming = lambda y: pulse(-direction * y[:, side] - y[:, 2] + 2)  # noqa: E731
+    assert residual(outgoing).abs().max().item() < 1e-12
+    assert residual(incoming).abs().max().item() > 1.0

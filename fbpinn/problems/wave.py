@@ -24,10 +24,15 @@ from a quiet field rather than a pulse that stays put.
 with the speed ``c`` constant or a smooth mixture of Gaussian bumps,
 ``c = c0 (1 + sum_k a_k exp(-|(x, y) - m_k|^2 / (2 s_k^2)))``.  The ansatz
 ``u = sech(t / sigma)^2 u0 + tanh(t / sigma)^2 u_hat`` makes the initial conditions
-hold exactly.  The
-medium is unbounded (no boundary condition), so there is no closed-form solution: the
-reference is the finite-difference solution of :mod:`fbpinn.reference.wave` on a padded
-domain, cached to HDF5.
+hold exactly.
+
+The medium extends beyond the square.  Inside a box, the initial data alone do not
+determine the solution away from the centre (waves could enter through the sides),
+and a network trained on the equation alone drifts to such solutions.  A soft
+first-order absorbing condition on the sides, ``u_t + c du/dn = 0`` (n the outward
+normal; exact for waves leaving at normal incidence), selects the outgoing solution.
+There is no closed-form solution: the reference is the finite-difference solution of
+:mod:`fbpinn.reference.wave` on a padded domain (the unbounded medium), cached to HDF5.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import numpy as np
 import torch
 
 from ..registry import register
-from . import Params, Problem
+from . import Params, Problem, Term
 
 
 def _positive(params, *names):
@@ -123,11 +128,17 @@ class Wave2dParams(Params):
     t_max: float = 1.0
     sigma: float = 0.1  # time over which the ansatz hands over from the initial pulse to the network
     reference_h: float = 0.01  # largest grid spacing of the finite-difference reference
+    absorbing_weight: float = 1.0  # weight of the absorbing condition on the sides (0: none)
+    boundary_points: list[int] = field(default_factory=lambda: [64, 32])  # per side: along it, along t
 
     def validate(self):
         bad = super().validate() or _positive(self, "c0", "width", "t_max", "sigma", "reference_h")
         if bad:
             return bad
+        if self.absorbing_weight < 0:
+            return "absorbing_weight", f"must be >= 0, got {self.absorbing_weight}"
+        if len(self.boundary_points) != 2 or min(self.boundary_points) < 2:
+            return "boundary_points", f"must be two counts >= 2 (along each side, along t), got {self.boundary_points}"
         if self.velocity not in VELOCITIES:
             return "velocity", f"must be one of {', '.join(VELOCITIES)}, got {self.velocity!r}"
         for k, bump in enumerate(self.mixture):
@@ -181,6 +192,26 @@ class Wave2d(Problem):
     def residual(self, x, d):
         c = self.speed(x[:, 0], x[:, 1])
         return d["u_tt"] - c * c * (d["u_xx"] + d["u_yy"])
+
+    def terms(self, generator):
+        """The absorbing condition on a grid of points on the four sides (corners left out)."""
+        if self.p.absorbing_weight == 0:
+            return []
+        n_side, n_t = self.p.boundary_points
+        s = torch.linspace(-1, 1, n_side + 2, dtype=torch.float64)[1:-1]
+        t = torch.linspace(0, self.p.t_max, n_t, dtype=torch.float64)
+        ss, tt = (m.reshape(-1) for m in torch.meshgrid(s, t, indexing="ij"))
+        edge = torch.ones_like(ss)
+        sides = [torch.stack([e * edge, ss, tt], 1) for e in (-1.0, 1.0)]
+        sides += [torch.stack([ss, e * edge, tt], 1) for e in (-1.0, 1.0)]
+        x = torch.cat(sides).to(self.dtype)  # (4 n_side n_t, 3)
+        return [Term("absorbing", x, ("u_t", "u_x", "u_y"), self._absorbing, self.p.absorbing_weight)]
+
+    def _absorbing(self, x, d):
+        """u_t + c du/dn with n the outward normal of the side a point lies on."""
+        nx = torch.where(x[:, 0].abs() >= 1, torch.sign(x[:, 0]), torch.zeros_like(x[:, 0]))
+        ny = torch.where(x[:, 1].abs() >= 1, torch.sign(x[:, 1]), torch.zeros_like(x[:, 1]))
+        return d["u_t"] + self.speed(x[:, 0], x[:, 1]) * (nx * d["u_x"] + ny * d["u_y"])
 
     def reference(self, axes):
         from ..reference import wave

@@ -129,7 +129,7 @@ class Wave2dParams(Params):
     sigma: float = 0.1  # time over which the ansatz hands over from the initial pulse to the network
     reference_h: float = 0.01  # largest grid spacing of the finite-difference reference
     absorbing_weight: float = 1.0  # weight of the absorbing condition on the sides (0: none)
-    boundary_points: list[int] = field(default_factory=lambda: [64, 32])  # per side: along it, along t
+    boundary_points: list[int] = field(default_factory=lambda: [32, 16])  # per side: along it, along t
 
     def validate(self):
         bad = super().validate() or _positive(self, "c0", "width", "t_max", "sigma", "reference_h")

@@ -198,15 +198,14 @@ class Trainer:
         return self.stage.trainable[net.held].to(self.model.device, self.dtype)
 
     def _enter(self, index: int) -> None:
-        """Switch to stage ``index`` of the schedule: points, windows, frozen subdomains, a fresh optimiser."""
+        """Switch to stage ``index`` of the schedule: windows, frozen subdomains, a fresh optimiser
+        (the caller prepares the stage's points)."""
         self.stage = self.schedule.stage(index)
         self.schedule.apply(self.stage)
         self.grad_mask = self._grad_mask()
-        self._prepare_terms()
         if self.test_batch is not None:
             self.test_batch = self.model.prepare(self.x_test)
         self.optimizer = Adam(self.params, lr=self.cfg.training.lr)
-        logger.info("%s (%d points)", self.stage.text, sum(t.n_global or t.x.shape[0] for t in self.terms))
 
     def _loss_impl(self):
         U = self.model(self.batch)  # (K, N)
@@ -235,10 +234,15 @@ class Trainer:
     def step(self, step: int):
         """One optimisation step (1-based ``step``); returns (loss, loss per term, lr)."""
         tr = self.cfg.training
-        if self.schedule.stage_of(step) != self.stage.index:
+        entering = self.schedule.stage_of(step) != self.stage.index
+        if entering:
             self._enter(self.schedule.stage_of(step))
         if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0:
             self.resample()
+        elif entering:
+            self._prepare_terms()
+        if entering:
+            logger.info("%s (%d points)", self.stage.text, sum(t.n_global or t.x.shape[0] for t in self.terms))
         lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
         self.optimizer.lr = lr
         t0 = time.perf_counter()

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.out)
-    rows = _existing_rows(out)
+    rows = {}
     for name, path, overrides, versus, target in CASES:
         if args.cases and name not in args.cases:
             continue
@@ -59,6 +59,7 @@ def main(argv=None) -> int:
         rows[name] = (f"| {name} | {setting} | {versus} | {err:.2e} | {verdict} | {steps} | "
                       f"{run.wall_time / 60:.1f} min | {steps / run.wall_time:.1f} | {time.strftime('%Y-%m-%d')} |")
         print(rows[name], flush=True)
+    rows = {**_existing_rows(out), **rows}  # read late: another run may have added its row meanwhile
     order = [c[0] for c in CASES]
     body = [
         "Command: `python scripts/references.py [--cases NAME ...]` (from the repository root); each row is one "

@@ -10,8 +10,9 @@ after another, for ``steps_per_slab`` steps each:
   later slabs are switched off: they are left out of the model and the time windows
   are normalised over the included centres only, so the model is a partition of
   unity over the region the included subdomains cover;
-- the loss uses the collocation points of that region, t below the upper edge of
-  slab k's support;
+- the loss uses the collocation points with t below slab k's last centre plus 0.9
+  half-widths (``EDGE``): nearer the edge of the support the last windows are so
+  small that their normalised derivatives lose all precision in float32;
 - the optimiser starts afresh for each slab.
 
 The steps left after the last slab (``training.steps - slabs * steps_per_slab``)
@@ -29,6 +30,9 @@ import numpy as np
 import torch
 
 from .registry import get, register
+
+
+EDGE = 0.9  # points of a slab reach this fraction of a half-width past its last centre
 
 
 @dataclass
@@ -93,7 +97,7 @@ class TimeMarching:
             return Stage(index, None, None, None, "all subdomains train together")
         axis = self.level.axes[self.t_axis]
         first, end = self.bounds[index]
-        t_max = min(axis.hi, float(axis.centres[end - 1]) + axis.half_width)
+        t_max = min(axis.hi, float(axis.centres[end - 1]) + EDGE * axis.half_width)
         trainable = (self.t_index >= first) & (self.t_index < end)
         frozen = f", t-index 0..{first - 1} frozen" if first else ""
         text = (f"slab {index + 1}/{self.slabs}: subdomains of t-index {first}..{end - 1} train{frozen}, "

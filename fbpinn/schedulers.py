@@ -50,9 +50,6 @@ class Stage:
 class AllActive:
     """Every subdomain trains at every step."""
 
-    def __init__(self, level=None, t_axis=None, slabs=0, steps_per_slab=0):
-        pass
-
     n_stages = 1
 
     def stage_of(self, step: int) -> int:

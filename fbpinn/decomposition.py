@@ -113,8 +113,8 @@ class Level:
         c = axis.centres.to(x.dtype)[idx]
         z = (x.unsqueeze(1) - c) / axis.half_width  # (N, m)
         phi, p1, p2 = self.window(z)
-        if axis.limit < axis.n:
-            on = (idx < axis.limit).to(x.dtype)
+        if axis.limit < axis.n:  # switched-off centres (``valid`` is False there) leave the sums
+            on = valid.to(x.dtype)
             phi, p1, p2 = phi * on, p1 * on, p2 * on
         inv_h = 1.0 / axis.half_width
         p1, p2 = p1 * inv_h, p2 * inv_h**2

@@ -35,6 +35,13 @@ class Params:
         """Whether the problem supplies observations to fit without the physics term."""
         return False
 
+    def first_not_positive(self, *names):
+        """``(key, message)`` for the first of ``names`` whose value is not > 0, or None."""
+        for name in names:
+            if not getattr(self, name) > 0:
+                return name, f"must be positive, got {getattr(self, name)}"
+        return None
+
 
 @dataclass
 class Term:

@@ -31,12 +31,9 @@ class BurgersParams(Params):
     sigma: float = 0.1  # length and time scale of the ansatz's tanh ramps
 
     def validate(self):
-        bad = super().validate()
+        bad = super().validate() or self.first_not_positive("nu", "sigma")
         if bad:
             return bad
-        for name in ("nu", "sigma"):
-            if not getattr(self, name) > 0:
-                return name, f"must be positive, got {getattr(self, name)}"
         if self.nu < 1e-4:
             return "nu", f"must be >= 1e-4 for the reference quadrature to stay accurate, got {self.nu}"
         return None

@@ -46,13 +46,6 @@ from ..registry import register
 from . import Params, Problem, Term
 
 
-def _positive(params, *names):
-    for name in names:
-        if not getattr(params, name) > 0:
-            return name, f"must be positive, got {getattr(params, name)}"
-    return None
-
-
 @dataclass
 class Wave1dParams(Params):
     c: float = 1.0  # wave speed
@@ -62,7 +55,7 @@ class Wave1dParams(Params):
     sigma: float = 0.1  # time over which the ansatz hands over from the initial pulse to the network
 
     def validate(self):
-        bad = super().validate() or _positive(self, "c", "width", "t_max", "sigma")
+        bad = super().validate() or self.first_not_positive("c", "width", "t_max", "sigma")
         if bad:
             return bad
         if not -1 + 6 * self.width <= self.x0 <= 1 - 6 * self.width:
@@ -132,7 +125,7 @@ class Wave2dParams(Params):
     boundary_points: list[int] = field(default_factory=lambda: [32, 16])  # per side: along it, along t
 
     def validate(self):
-        bad = super().validate() or _positive(self, "c0", "width", "t_max", "sigma", "reference_h")
+        bad = super().validate() or self.first_not_positive("c0", "width", "t_max", "sigma", "reference_h")
         if bad:
             return bad
         if self.absorbing_weight < 0:

@@ -182,11 +182,15 @@ def main(argv=None) -> int:
     from .io import ResultsError
     from .trainer import TrainingError
 
-    from .parallel import Context
+    from .parallel import Context, LaunchError
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    ctx = args.ctx = Context.from_environment() if args.command == "train" else Context(None)
+    try:
+        ctx = args.ctx = Context.from_environment() if args.command == "train" else Context(None)
+    except LaunchError as e:  # every process is a job of its own here: each says so
+        print(f"fbpinn: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     _setup_logging(args.verbose, ctx.rank, ctx.size)
     try:
         return args.func(args)

@@ -50,12 +50,27 @@ class Context:
 
     @classmethod
     def from_environment(cls) -> "Context":
-        """MPI's world communicator when mpi4py imports and more than one rank runs."""
+        """MPI's world communicator when mpi4py imports and more than one rank runs.
+
+        Raises :class:`LaunchError` when a launcher started several processes that MPI
+        does not join into one job (each would train alone and write the same files)."""
+        launched = launched_tasks()
         try:
             from mpi4py import MPI
-        except ImportError:
+        except (ImportError, RuntimeError) as e:  # RuntimeError: mpi4py found no MPI library to load
+            if launched:
+                name, n = launched
+                raise LaunchError(f"started as one of {n} processes ({name}={n}) but mpi4py is not usable "
+                                  f"({e}); install it with the MPI runtime (pip install mpi4py mpich) or "
+                                  "build it against the MPI of this launcher") from None
             return cls(None)
         comm = MPI.COMM_WORLD
+        if comm.Get_size() == 1 and launched:
+            name, n = launched
+            library = MPI.Get_library_version().strip().splitlines()[0]
+            raise LaunchError(f"started as one of {n} processes ({name}={n}) but MPI reports a job of 1 rank: "
+                              f"mpi4py uses {library}, not the MPI of this launcher; start the job with the "
+                              "mpiexec of that MPI, or rebuild mpi4py against the launcher's")
         return cls(comm if comm.Get_size() > 1 else None)
 
     @property
@@ -113,6 +128,24 @@ class Context:
             time.sleep(1.0)  # let the launcher forward the message before the job is torn down
             self.comm.Abort(code)
         sys.exit(code)
+
+
+class LaunchError(RuntimeError):
+    """The launcher and mpi4py disagree on how many processes the job has."""
+
+
+# Set by MPI launchers in every process they start: MPICH's and Intel MPI's hydra, Slurm's
+# PMI-2 (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE) and MVAPICH (MV2_COMM_WORLD_SIZE).
+LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_tasks() -> tuple[str, int] | None:
+    """(variable, processes) when a launcher says this process is one of several, else None."""
+    for name in LAUNCHER_SIZE_VARIABLES:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 1:
+            return name, int(value)
+    return None
 
 
 def configure_threads(ctx: Context, threads: int) -> int:

@@ -321,3 +321,33 @@ def test_mpi_multilevel_equals_serial(tmp_path, ranks):
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert_same_run(serial, tmp_path / "p" / "run.h5")
     assert "replicated" in proc.stdout and "own + halo" in proc.stdout
+
+
+def run_cli(args, env_extra, tmp_path, prelude=""):
+    env = {**os.environ, **env_extra}
+    code = f"import sys\n{prelude}\nfrom fbpinn.cli import main\nsys.exit(main({args!r}))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=tmp_path)
+
+
+@pytest.mark.parametrize("mpi4py", ["usable", "missing"])
+def test_processes_started_by_a_launcher_but_not_joined_by_mpi_stop(tmp_path, mpi4py):
+    # As with the mpiexec of one MPI and an mpi4py built against another: each process
+    # would be a one-rank job, and all would write the same results file.
+    cfg_path = write_toml(COS1D, tmp_path / "c.toml")
+    out = tmp_path / "out"
+    prelude = "sys.modules['mpi4py'] = None" if mpi4py == "missing" else ""
+    proc = run_cli(["train", str(cfg_path), "--out", str(out)], {"OMPI_COMM_WORLD_SIZE": "3"}, tmp_path, prelude)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if mpi4py == "usable":
+        assert "fbpinn: error: started as one of 3 processes (OMPI_COMM_WORLD_SIZE=3) but MPI reports a job of " \
+               "1 rank: mpi4py uses MPICH" in proc.stderr
+    else:
+        assert "(OMPI_COMM_WORLD_SIZE=3) but mpi4py is not usable" in proc.stderr
+    assert not out.exists()
+    # A launcher's variable saying one process is a one-process run.
+    proc = run_cli(["train", str(cfg_path), "--out", str(out), "--set", "training.steps=2"],
+                   {"OMPI_COMM_WORLD_SIZE": "1"}, tmp_path, prelude)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "run.h5").is_file()

@@ -2,7 +2,8 @@
 
 Every command has ``--help``.  Bad input (config, results file, argument) prints
 one line ``fbpinn: error: ...`` and exits with status 2; a run that fails while
-training exits with status 1.  No results file is written unless training finished.
+training exits with status 1; a run stopped by SIGTERM or SIGUSR1 writes a checkpoint
+and exits with status 75.  No results file is written unless training finished.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ logger = logging.getLogger("fbpinn")
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_STOPPED = 75  # stopped by SIGTERM or SIGUSR1 after writing a checkpoint (EX_TEMPFAIL: run again)
 
 
 def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
@@ -28,29 +30,41 @@ def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
 
 
 def cmd_train(args) -> int:
+    from . import checkpoint as ckpt
     from .config import ConfigError, load_config
     from .io import write_part, write_results
     from .trainer import train
 
     ctx = args.ctx
     # Errors found before training (a config file missing on one node, an unwritable results
-    # folder) are agreed on by all ranks, so that all stop together instead of some waiting
-    # for the others forever.  Only rank 0 touches the results folder.
-    problem = None
+    # folder, a checkpoint that does not fit) are agreed on by all ranks, so that all stop
+    # together instead of some waiting for the others forever.  Only rank 0 touches the
+    # results folder; it chooses the checkpoint to resume from.
+    problem, chosen = None, None
     try:
         cfg = load_config(args.config, args.set)
         out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
         if out.exists() and not out.is_dir():
             raise UsageError(f"results folder {out} exists and is not a folder")
+        folder = out / "checkpoints"
         if ctx.rank == 0:
             _check_writable(out)
-    except (ConfigError, UsageError) as e:
+            for leftover in ckpt.remove_leftovers(out) + ckpt.remove_leftovers(folder):
+                logger.info("removed %s, left by an interrupted write", leftover)
+            chosen = _choose_checkpoint(folder, cfg, args.resume)
+    except (ConfigError, UsageError, ckpt.CheckpointError) as e:
         problem = str(e)
     problem = ctx.first_error(problem)
     if problem:
         raise AgreedError(problem)
+    chosen = ctx.bcast(chosen)
+    checkpoints = ckpt.Checkpoints(folder, cfg.checkpoint.every, cfg.checkpoint.keep)
+    resume = None
+    if chosen is not None:
+        resume = ckpt.read(chosen)  # every rank reads the file itself
+        checkpoints.last = Path(chosen)
     logger.info("config %s -> %s", args.config, out / "run.h5")
-    run = train(cfg, ctx)
+    run = train(cfg, ctx, checkpoints, resume)
     blocks = None
     if run.block is not None:  # output.per_rank: every rank writes its part, rank 0 the virtual master
         write_part(out / "run.h5", run.block)
@@ -123,6 +137,29 @@ class UsageError(ValueError):
     pass
 
 
+def _choose_checkpoint(folder: Path, cfg, resume: bool) -> str | None:
+    """The checkpoint to go on from: the newest readable one with ``--resume`` (None if there is
+    none); without it, refuse to start over a folder that holds another run's checkpoints."""
+    from . import checkpoint as ckpt
+
+    found = ckpt.listing(folder)
+    if not resume:
+        if found:
+            raise UsageError(f"{folder} holds checkpoints of an earlier run (newest: step {found[0][0]}); "
+                             "continue it with --resume, or train into another --out folder")
+        return None
+    for step, path in found:
+        try:
+            state = ckpt.read(path)
+        except ckpt.CheckpointError as e:
+            logger.warning("skipping %s", e)
+            continue
+        ckpt.check_compatible(state, cfg, path)
+        return str(path)
+    logger.info("no checkpoint in %s: starting at step 1", folder)
+    return None
+
+
 class AgreedError(UsageError):
     """Bad input that every rank has seen (see ``Context.first_error``)."""
 
@@ -149,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.steps=2000 (repeatable)")
     t.add_argument("--out", metavar="DIR", help="results folder (default: output.dir or results/<config stem>)")
+    t.add_argument("--resume", action="store_true",
+                   help="go on from the newest readable checkpoint in DIR/checkpoints (from step 1 if there is "
+                        "none); training.steps is the total, so a larger value trains on")
     t.set_defaults(func=cmd_train)
 
     pl = sub.add_parser("plot", help="draw figures (PNG, GIF) from results files",
@@ -180,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from .config import ConfigError
     from .io import ResultsError
-    from .trainer import TrainingError
+    from .trainer import Stopped, TrainingError
 
     from .parallel import Context, LaunchError
 
@@ -201,6 +241,11 @@ def main(argv=None) -> int:
         if ctx.rank == 0:
             print(f"fbpinn: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Stopped as e:
+        # Every rank agreed on the stop at the same step and the checkpoint is complete.
+        if ctx.rank == 0:
+            print(f"fbpinn: {e}; go on with --resume", file=sys.stderr)
+        return EXIT_STOPPED
     except TrainingError as e:
         # The loss is reduced over all ranks, so every rank stops at the same step.
         if ctx.rank == 0:

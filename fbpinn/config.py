@@ -1,7 +1,7 @@
 """Typed run configuration: TOML files, ``--set`` overrides, validation.
 
 A config has the tables ``[problem]``, ``[decomposition]``, ``[network]``,
-``[training]``, ``[test]`` and ``[output]``; docs/config.md documents every key.
+``[training]``, ``[schedule]``, ``[test]``, ``[parallel]``, ``[output]`` and ``[checkpoint]``; docs/config.md documents every key.
 ``[problem]`` holds ``name`` plus the keys of that problem's ``Params`` dataclass.
 
 :func:`load_config` reads a file, applies overrides and validates.  Every problem
@@ -97,6 +97,12 @@ class OutputConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = 1000  # write a checkpoint every this many steps (0: only at the end and on a stop signal)
+    keep: int = 2  # newest checkpoints kept in <results folder>/checkpoints
+
+
+@dataclass
 class Config:
     problem: object  # the problem's Params instance
     problem_name: str
@@ -107,11 +113,13 @@ class Config:
     test: TestConfig
     parallel: ParallelConfig
     output: OutputConfig
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     source: str = ""  # config file the run came from
 
 
 SECTIONS = {"decomposition": DecompositionConfig, "network": NetworkConfig, "training": TrainingConfig,
-            "schedule": ScheduleConfig, "test": TestConfig, "parallel": ParallelConfig, "output": OutputConfig}
+            "schedule": ScheduleConfig, "test": TestConfig, "parallel": ParallelConfig, "output": OutputConfig,
+            "checkpoint": CheckpointConfig}
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -278,6 +286,10 @@ def _validate(cfg: Config, problem_cls) -> None:
         raise ConfigError("parallel.axes", f"must list distinct axis numbers in 0..{dim - 1} (axes {problem_cls.axes}), "
                           f"got {cfg.parallel.axes}")
     _validate_schedule(cfg, problem_cls)
+    if cfg.checkpoint.every < 0:
+        raise ConfigError("checkpoint.every", f"must be >= 0 (0: only at the end and on a stop signal), got {cfg.checkpoint.every}")
+    if cfg.checkpoint.keep < 1:
+        raise ConfigError("checkpoint.keep", f"must be >= 1, got {cfg.checkpoint.keep}")
     if not te.points:
         te.points = [{1: 1000, 2: 100, 3: 40}.get(dim, 20)] * dim
     if len(te.points) != dim or any(n < 2 for n in te.points):

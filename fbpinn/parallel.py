@@ -434,23 +434,32 @@ class Distribution:
         mine = set(self.partition.owned(self.ctx.rank))
         return torch.tensor([i for i, g in enumerate(net.held.tolist()) if g in mine], dtype=torch.long)
 
+    def gather_stacked(self, level: int, net, tensors: dict) -> dict | None:
+        """Full arrays of per-subdomain ``tensors`` (name -> (J_held, ...) tensor) of one level,
+        assembled from their owners on rank 0 (indexed by global subdomain); None elsewhere."""
+        slots = self.owned_slots(level, net)
+        local = {"ids": net.held[slots].numpy()}
+        for key, t in tensors.items():
+            local[key] = t.detach()[slots.to(t.device)].cpu().numpy()
+        parts = self.ctx.gather(local)
+        if parts is None:
+            return None
+        n = sum(len(p["ids"]) for p in parts)
+        out = {}
+        for key in tensors:
+            full = np.zeros((n,) + parts[0][key].shape[1:], dtype=parts[0][key].dtype)
+            for p in parts:
+                full[p["ids"]] = p[key]
+            out[key] = full
+        return out
+
     def gather_parameters(self, nets) -> dict | None:
         """Full stacked parameter arrays of every level on rank 0 ("level0/W0", ...); None elsewhere."""
         out = {}
         for level, net in enumerate(nets):
-            slots = self.owned_slots(level, net)
-            local = {"ids": net.held[slots].numpy()}
-            for l, (w, b) in enumerate(zip(net.weights, net.biases)):
-                local[f"W{l}"] = w.detach()[slots.to(w.device)].cpu().numpy()
-                local[f"b{l}"] = b.detach()[slots.to(b.device)].cpu().numpy()[:, 0, 0]
-            parts = self.ctx.gather(local)
-            if parts is None:
-                continue
-            n = sum(len(p["ids"]) for p in parts)
-            for key in local:
-                if key != "ids":
-                    full = np.zeros((n,) + parts[0][key].shape[1:], dtype=parts[0][key].dtype)
-                    for p in parts:
-                        full[p["ids"]] = p[key]
-                    out[f"level{level}/{key}"] = full
+            tensors = {f"{kind}{l}": t for l, (w, b) in enumerate(zip(net.weights, net.biases))
+                       for kind, t in (("W", w), ("b", b))}
+            full = self.gather_stacked(level, net, tensors)
+            if full is not None:
+                out.update({f"level{level}/{k}": v[:, 0, 0] if k.startswith("b") else v for k, v in full.items()})
         return out if self.ctx.rank == 0 else None

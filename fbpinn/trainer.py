@@ -15,6 +15,7 @@ to ``run.h5``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -154,10 +155,13 @@ class Trainer:
         self.test_batch = self.model.prepare(self.x_test) if small else None
         self._loss = self._compiled_loss if tr.compile else self._loss_impl
         self._compiled = None
+        self.stop_signal = 0  # set by a signal handler during run(); agreed on at the next step
+        self.stop_agreed = False
 
     def resample(self) -> None:
         """(Re)draw collocation points and prepare every term's batch."""
         tr = self.cfg.training
+        self.sample_state = self.gen.get_state()  # a checkpoint redraws the current points from here
         terms = []
         if self.cfg.problem.physics:
             x = sample(self.problem.domain, tr.sampler, tr.points, self.gen, self.dtype,
@@ -260,7 +264,9 @@ class Trainer:
                     p.grad.mul_(self.grad_mask.view(-1, *[1] * (p.dim() - 1)))
         self.optimizer.step()
         t4 = time.perf_counter()
-        parts = self.ctx.allreduce(parts.detach().double().cpu().numpy())  # (T,) summed over ranks
+        # The terms summed over ranks, and whether any rank was asked to stop (one reduction for both).
+        summed = self.ctx.allreduce(np.append(parts.detach().double().cpu().numpy(), float(self.stop_signal > 0)))
+        parts, self.stop_agreed = summed[:-1], bool(summed[-1] > 0)
         self.comm_seconds += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
         return float(parts.sum()), parts, lr
 
@@ -333,11 +339,89 @@ class Trainer:
                 exact[box] = p["exact"]
         return torch.from_numpy(u.reshape(-1)), None if exact is None else torch.from_numpy(exact.reshape(-1))
 
-    def run(self) -> Run:
+    def run(self, checkpoints=None, resume: dict | None = None) -> Run:
+        """Train to ``training.steps``; returns the :class:`Run`.
+
+        ``checkpoints``: a :class:`fbpinn.checkpoint.Checkpoints` to write to (every
+        ``checkpoint.every`` steps, at the end, and when SIGTERM or SIGUSR1 arrives, after
+        which :class:`Stopped` is raised).  ``resume``: a state read from a checkpoint, to go
+        on from."""
+        from . import checkpoint as ckpt
+
         cfg, tr = self.cfg, self.cfg.training
         run = Run(cfg, self.model, self.problem, [t.name for t in self.terms], start_time=time.time(),
                   n_ranks=self.ctx.size, target=self.target)
         hist = {"step": [], "loss": [], "loss_terms": [], "rel_l2": [], "time": [], "lr": [], "stage": []}
+        first, elapsed = 1, 0.0  # elapsed: training time of the earlier segments of a resumed run
+        if resume is not None:
+            ckpt.restore(self, resume)
+            first, elapsed = resume["step"] + 1, resume["wall_time"]
+            hist = {k: list(v) for k, v in resume["history"].items()}
+            hist["loss_terms"] = [list(row) for row in hist["loss_terms"]]
+            run.loss_per_step = list(resume["loss_per_step"])
+            run.term_names = list(resume["term_names"])
+        self._log_header()
+        if resume is not None:
+            logger.info("resumed from %s at step %d of %d (written by %d rank(s))", checkpoints.last if checkpoints
+                        else "a checkpoint", resume["step"], tr.steps, resume["n_ranks"])
+        t0 = time.perf_counter()
+        t_log, step_log = t0, first - 1
+        u_local = None
+        with _StopSignals(self) if checkpoints is not None else contextlib.nullcontext():
+            for step in range(first, tr.steps + 1):
+                value, parts, lr = self.step(step)
+                run.loss_per_step.append(value)
+                if not math.isfinite(value):
+                    kept = f"; the last checkpoint is {checkpoints.last}" if checkpoints and checkpoints.last else ""
+                    raise TrainingError(f"loss became {value} at step {step} (terms: "
+                                        + ", ".join(f"{t.name}={p:.3g}" for t, p in zip(self.terms, parts))
+                                        + f"); lower training.lr or check the problem's scales{kept}")
+                last = step == tr.steps
+                if step % tr.eval_every == 0 or last or step == 1:
+                    u_local, err = self.evaluate()
+                    hist["step"].append(step)
+                    hist["loss"].append(value)
+                    hist["loss_terms"].append(parts.tolist())
+                    hist["rel_l2"].append(err)
+                    hist["time"].append(elapsed + time.perf_counter() - t0)
+                    hist["lr"].append(lr)
+                    hist["stage"].append(self.stage.index)
+                if step % tr.log_every == 0 or last:
+                    now = time.perf_counter()
+                    rate = (step - step_log) / max(now - t_log, 1e-9)
+                    t_log, step_log = now, step
+                    eta = (tr.steps - step) / rate if rate > 0 else 0.0
+                    err_text = f"  rel_l2 {hist['rel_l2'][-1]:.3e}" if hist["step"][-1] == step else ""
+                    learned = "".join(f"  {k} {v.item():.5g}" for k, v in self.problem.parameters().items())
+                    logger.info("step %*d/%d  loss %.4e%s%s  %.0f steps/s  ETA %s", len(str(tr.steps)), step,
+                                tr.steps, value, err_text, learned, rate, _hms(eta))
+                if checkpoints is not None and (checkpoints.due(step, last) or self.stop_agreed):
+                    if not ckpt.all_finite(self):
+                        kept = f"; the last good checkpoint is {checkpoints.last}" if checkpoints.last else ""
+                        raise TrainingError(f"parameters are no longer finite after step {step}{kept}")
+                    checkpoints.save(self, step, hist, run.loss_per_step, elapsed + time.perf_counter() - t0)
+                    if self.stop_agreed and not last:
+                        raise Stopped(step, tr.steps, self.stop_signal, checkpoints.last)
+        run.wall_time = elapsed + time.perf_counter() - t0
+        if self.ctx.parallel and first <= tr.steps:
+            logger.info("communication: %.1f%% of the training time, %.0f bytes sent per step by rank 0",
+                        100 * self.comm_seconds / max(run.wall_time - elapsed, 1e-9),
+                        self.bytes_sent / (tr.steps - first + 1))
+        run.history = hist
+        if u_local is None:  # resumed at the last step: nothing was trained, evaluate once
+            u_local, _ = self.evaluate()
+        if self.ctx.parallel and cfg.output.per_rank:
+            run.block = self.solution_block(u_local)  # each rank writes its own part file
+            run.has_exact = self.exact_local is not None
+        else:
+            run.u_test, run.u_exact = self.gather_solution(u_local)
+            run.has_exact = run.u_exact is not None
+        run.parameters = self.dist.gather_parameters(self.model.nets) or {}
+        run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
+        return run
+
+    def _log_header(self) -> None:
+        tr = self.cfg.training
         pairs = self.batch.pairs()
         shapes = [list(lv.shape) for lv in self.model.levels]
         n_params = sum(sum(p[0].numel() for p in net.parameters()) * lv.n_subdomains
@@ -356,49 +440,48 @@ class Trainer:
             logger.info("time-marching: %d slabs of %d steps, then %d steps with all subdomains; %s",
                         self.schedule.slabs, self.schedule.steps_per_slab,
                         tr.steps - self.schedule.slabs * self.schedule.steps_per_slab, self.stage.text)
-        t0 = time.perf_counter()
-        t_log, step_log = t0, 0
-        for step in range(1, tr.steps + 1):
-            value, parts, lr = self.step(step)
-            run.loss_per_step.append(value)
-            if not math.isfinite(value):
-                raise TrainingError(f"loss became {value} at step {step} (terms: "
-                                    + ", ".join(f"{t.name}={p:.3g}" for t, p in zip(self.terms, parts))
-                                    + "); lower training.lr or check the problem's scales")
-            last = step == tr.steps
-            if step % tr.eval_every == 0 or last or step == 1:
-                u_local, err = self.evaluate()
-                hist["step"].append(step)
-                hist["loss"].append(value)
-                hist["loss_terms"].append(parts.tolist())
-                hist["rel_l2"].append(err)
-                hist["time"].append(time.perf_counter() - t0)
-                hist["lr"].append(lr)
-                hist["stage"].append(self.stage.index)
-            if step % tr.log_every == 0 or last:
-                now = time.perf_counter()
-                rate = (step - step_log) / max(now - t_log, 1e-9)
-                t_log, step_log = now, step
-                eta = (tr.steps - step) / rate if rate > 0 else 0.0
-                err_text = f"  rel_l2 {hist['rel_l2'][-1]:.3e}" if hist["step"][-1] == step else ""
-                learned = "".join(f"  {k} {v.item():.5g}" for k, v in self.problem.parameters().items())
-                logger.info("step %*d/%d  loss %.4e%s%s  %.0f steps/s  ETA %s", len(str(tr.steps)), step,
-                            tr.steps, value, err_text, learned, rate, _hms(eta))
-        run.wall_time = time.perf_counter() - t0
-        if self.ctx.parallel:
-            logger.info("communication: %.1f%% of the training time, %.0f bytes sent per step by rank 0",
-                        100 * self.comm_seconds / max(run.wall_time, 1e-9), self.bytes_sent / tr.steps)
-        run.history = hist
-        # u_local is the last step's solution: the loop always evaluates the last step.
-        if self.ctx.parallel and cfg.output.per_rank:
-            run.block = self.solution_block(u_local)  # each rank writes its own part file
-            run.has_exact = self.exact_local is not None
-        else:
-            run.u_test, run.u_exact = self.gather_solution(u_local)
-            run.has_exact = run.u_exact is not None
-        run.parameters = self.dist.gather_parameters(self.model.nets) or {}
-        run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
-        return run
+
+
+class Stopped(Exception):
+    """Training stopped early on a signal, after writing a checkpoint."""
+
+    def __init__(self, step: int, steps: int, signum: int, path):
+        import signal
+
+        self.step, self.steps, self.path = step, steps, path
+        self.signal = signal.Signals(signum).name if signum else "a signal to another rank"
+        super().__init__(f"stopped at step {step} of {steps} on {self.signal}; checkpoint {path}")
+
+
+class _StopSignals:
+    """Within the block, SIGTERM and SIGUSR1 ask the trainer to stop at the next step."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self, trainer):
+        self.trainer, self.saved = trainer, {}
+
+    def _handle(self, signum, frame):
+        self.trainer.stop_signal = signum
+
+    def __enter__(self):
+        import signal
+
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                try:
+                    self.saved[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread: signals cannot be caught here
+                    pass
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        return False
 
 
 def _hms(seconds: float) -> str:
@@ -406,11 +489,12 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def train(cfg: Config, ctx: Context | None = None) -> Run:
+def train(cfg: Config, ctx: Context | None = None, checkpoints=None, resume: dict | None = None) -> Run:
     """Train the model a config describes; returns the :class:`Run`.
 
     With ``ctx`` an MPI :class:`Context` of several ranks, every rank calls this and
-    the returned run's solution and parameters are complete on rank 0 only."""
+    the returned run's solution and parameters are complete on rank 0 only.
+    ``checkpoints`` and ``resume``: see :meth:`Trainer.run`."""
     ctx = ctx or Context(None)
     configure_threads(cfg.training.threads, ctx)
-    return Trainer(cfg, ctx).run()
+    return Trainer(cfg, ctx).run(checkpoints, resume)

@@ -285,7 +285,7 @@ def test_per_rank_solution_files_and_merge(tmp_path):
     out = tmp_path / "p"
     proc = mpirun(3, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(out), "--set", "output.per_rank=true"])
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["run.h5", "run_p0.h5", "run_p1.h5", "run_p2.h5"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "run.h5", "run_p0.h5", "run_p1.h5", "run_p2.h5"]
     data = read_results(out / "run.h5")
     u = data["solution"]["u"]
     assert u.shape == (31, 17) and not np.isnan(u).any()

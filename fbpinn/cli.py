@@ -218,14 +218,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        from .trainer import stop_signals
+
+        with stop_signals():  # from here on, SIGTERM and SIGUSR1 stop training with a checkpoint
+            return _run(args)
+    return _run(args)
+
+
+def _run(args) -> int:
     from .config import ConfigError
     from .io import ResultsError
     from .trainer import Stopped, TrainingError
 
     from .parallel import Context, LaunchError
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
         ctx = args.ctx = Context.from_environment() if args.command == "train" else Context(None)
     except LaunchError as e:  # every process is a job of its own here: each says so

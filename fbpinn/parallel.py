@@ -68,9 +68,13 @@ class Context:
         if comm.Get_size() == 1 and launched:
             name, n = launched
             library = MPI.Get_library_version().strip().splitlines()[0]
+            if name.startswith("SLURM"):
+                hint = ("srun started the tasks without an MPI plugin that this MPI understands (as with "
+                        "srun --mpi=none); use srun --mpi=pmi2 (or pmix), or mpiexec inside the allocation")
+            else:
+                hint = "start the job with the mpiexec of that MPI, or rebuild mpi4py against the launcher's"
             raise LaunchError(f"started as one of {n} processes ({name}={n}) but MPI reports a job of 1 rank: "
-                              f"mpi4py uses {library}, not the MPI of this launcher; start the job with the "
-                              "mpiexec of that MPI, or rebuild mpi4py against the launcher's")
+                              f"mpi4py uses {library}, not the MPI of this launcher; {hint}")
         return cls(comm if comm.Get_size() > 1 else None)
 
     @property
@@ -134,9 +138,11 @@ class LaunchError(RuntimeError):
     """The launcher and mpi4py disagree on how many processes the job has."""
 
 
-# Set by MPI launchers in every process they start: MPICH's and Intel MPI's hydra, Slurm's
-# PMI-2 (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE) and MVAPICH (MV2_COMM_WORLD_SIZE).
-LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+# Set by launchers in every process they start: MPICH's and Intel MPI's hydra and Slurm's
+# PMI-2 (PMI_SIZE), Open MPI (OMPI_COMM_WORLD_SIZE), MVAPICH (MV2_COMM_WORLD_SIZE), and srun
+# for the tasks of a job step whatever its --mpi plugin (SLURM_STEP_NUM_TASKS; unset in the
+# batch script itself).
+LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 
 
 def launched_tasks() -> tuple[str, int] | None:

@@ -155,8 +155,7 @@ class Trainer:
         self.test_batch = self.model.prepare(self.x_test) if small else None
         self._loss = self._compiled_loss if tr.compile else self._loss_impl
         self._compiled = None
-        self.stop_signal = 0  # set by a signal handler during run(); agreed on at the next step
-        self.stop_agreed = False
+        self.stop_agreed = False  # some rank received a stop signal (see stop_signals)
 
     def resample(self) -> None:
         """(Re)draw collocation points and prepare every term's batch."""
@@ -265,7 +264,7 @@ class Trainer:
         self.optimizer.step()
         t4 = time.perf_counter()
         # The terms summed over ranks, and whether any rank was asked to stop (one reduction for both).
-        summed = self.ctx.allreduce(np.append(parts.detach().double().cpu().numpy(), float(self.stop_signal > 0)))
+        summed = self.ctx.allreduce(np.append(parts.detach().double().cpu().numpy(), float(_STOP["signal"] > 0)))
         parts, self.stop_agreed = summed[:-1], bool(summed[-1] > 0)
         self.comm_seconds += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
         return float(parts.sum()), parts, lr
@@ -367,7 +366,7 @@ class Trainer:
         t0 = time.perf_counter()
         t_log, step_log = t0, first - 1
         u_local = None
-        with _StopSignals(self) if checkpoints is not None else contextlib.nullcontext():
+        with stop_signals() if checkpoints is not None else contextlib.nullcontext():
             for step in range(first, tr.steps + 1):
                 value, parts, lr = self.step(step)
                 run.loss_per_step.append(value)
@@ -401,7 +400,7 @@ class Trainer:
                         raise TrainingError(f"parameters are no longer finite after step {step}{kept}")
                     checkpoints.save(self, step, hist, run.loss_per_step, elapsed + time.perf_counter() - t0)
                     if self.stop_agreed and not last:
-                        raise Stopped(step, tr.steps, self.stop_signal, checkpoints.last)
+                        raise Stopped(step, tr.steps, _STOP["signal"], checkpoints.last)
         run.wall_time = elapsed + time.perf_counter() - t0
         if self.ctx.parallel and first <= tr.steps:
             logger.info("communication: %.1f%% of the training time, %.0f bytes sent per step by rank 0",
@@ -453,35 +452,38 @@ class Stopped(Exception):
         super().__init__(f"stopped at step {step} of {steps} on {self.signal}; checkpoint {path}")
 
 
-class _StopSignals:
-    """Within the block, SIGTERM and SIGUSR1 ask the trainer to stop at the next step."""
+_STOP = {"signal": 0, "depth": 0}  # the stop signal received (0: none) while stop_signals() is active
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
 
-    def __init__(self, trainer):
-        self.trainer, self.saved = trainer, {}
+def _on_stop_signal(signum, frame) -> None:
+    _STOP["signal"] = signum
 
-    def _handle(self, signum, frame):
-        self.trainer.stop_signal = signum
 
-    def __enter__(self):
-        import signal
+@contextlib.contextmanager
+def stop_signals():
+    """Within the block, SIGTERM and SIGUSR1 do not end the process but ask training to stop:
+    all ranks agree at the next step, write a checkpoint and raise :class:`Stopped`.  The CLI
+    enters it before building the run, so that a signal during start-up is kept too.  Nested
+    uses share the outer one; outside the main thread it does nothing."""
+    import signal
 
-        for name in self.SIGNALS:
+    saved = {}
+    if _STOP["depth"] == 0:
+        _STOP["signal"] = 0
+        for name in ("SIGTERM", "SIGUSR1"):
             sig = getattr(signal, name, None)
             if sig is not None:
                 try:
-                    self.saved[sig] = signal.signal(sig, self._handle)
-                except ValueError:  # not the main thread: signals cannot be caught here
+                    saved[sig] = signal.signal(sig, _on_stop_signal)
+                except ValueError:  # not the main thread
                     pass
-        return self
-
-    def __exit__(self, *exc):
-        import signal
-
-        for sig, handler in self.saved.items():
+    _STOP["depth"] += 1
+    try:
+        yield
+    finally:
+        _STOP["depth"] -= 1
+        for sig, handler in saved.items():
             signal.signal(sig, handler)
-        return False
 
 
 def _hms(seconds: float) -> str:

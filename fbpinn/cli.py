@@ -40,7 +40,7 @@ def cmd_train(args) -> int:
     # folder, a checkpoint that does not fit) are agreed on by all ranks, so that all stop
     # together instead of some waiting for the others forever.  Only rank 0 touches the
     # results folder; it chooses the checkpoint to resume from.
-    problem, chosen = None, None
+    problem, chosen, state = None, None, None
     try:
         cfg = load_config(args.config, args.set)
         out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
@@ -51,7 +51,7 @@ def cmd_train(args) -> int:
             _check_writable(out)
             for leftover in ckpt.remove_leftovers(out) + ckpt.remove_leftovers(folder):
                 logger.info("removed %s, left by an interrupted write", leftover)
-            chosen = _choose_checkpoint(folder, cfg, args.resume)
+            chosen, state = _choose_checkpoint(folder, cfg, args.resume)
     except (ConfigError, UsageError, ckpt.CheckpointError) as e:
         problem = str(e)
     problem = ctx.first_error(problem)
@@ -61,7 +61,7 @@ def cmd_train(args) -> int:
     checkpoints = ckpt.Checkpoints(folder, cfg.checkpoint.every, cfg.checkpoint.keep)
     resume = None
     if chosen is not None:
-        resume = ckpt.read(chosen)  # every rank reads the file itself
+        resume = state if ctx.rank == 0 else ckpt.read(chosen)  # the other ranks read the file themselves
         checkpoints.last = Path(chosen)
     logger.info("config %s -> %s", args.config, out / "run.h5")
     run = train(cfg, ctx, checkpoints, resume)
@@ -137,9 +137,10 @@ class UsageError(ValueError):
     pass
 
 
-def _choose_checkpoint(folder: Path, cfg, resume: bool) -> str | None:
-    """The checkpoint to go on from: the newest readable one with ``--resume`` (None if there is
-    none); without it, refuse to start over a folder that holds another run's checkpoints."""
+def _choose_checkpoint(folder: Path, cfg, resume: bool) -> tuple[str | None, dict | None]:
+    """The checkpoint to go on from and its state: the newest readable one with ``--resume``
+    (None, None if there is none); without it, refuse to start over a folder that holds another
+    run's checkpoints."""
     from . import checkpoint as ckpt
 
     found = ckpt.listing(folder)
@@ -147,7 +148,7 @@ def _choose_checkpoint(folder: Path, cfg, resume: bool) -> str | None:
         if found:
             raise UsageError(f"{folder} holds checkpoints of an earlier run (newest: step {found[0][0]}); "
                              "continue it with --resume, or train into another --out folder")
-        return None
+        return None, None
     for step, path in found:
         try:
             state = ckpt.read(path)
@@ -155,9 +156,9 @@ def _choose_checkpoint(folder: Path, cfg, resume: bool) -> str | None:
             logger.warning("skipping %s", e)
             continue
         ckpt.check_compatible(state, cfg, path)
-        return str(path)
+        return str(path), state
     logger.info("no checkpoint in %s: starting at step 1", folder)
-    return None
+    return None, None
 
 
 class AgreedError(UsageError):

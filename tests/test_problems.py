@@ -126,3 +126,28 @@ def test_wave2d_absorbing_condition_passes_outgoing_and_stops_incoming_waves(sid
     incoming = lambda y: pulse(-direction * y[:, side] - y[:, 2] + 2)  # noqa: E731
     assert residual(outgoing).abs().max().item() < 1e-12
     assert residual(incoming).abs().max().item() > 1.0
+
+
+@pytest.mark.parametrize("velocity", ["constant", "mixture"])
+def test_wave2d_taylor_ansatz_meets_the_initial_conditions_and_the_equation_at_t0(velocity):
+    # A = exp(-(t/fade)^4) (u0 + t^2/2 c^2 lap u0): A(0) = u0, A_t(0) = 0, and A_tt(0) = c^2 lap u0
+    # = c^2 lap A(0), so A's residual vanishes at t = 0; the pulse ansatz's is
+    # -2 u0 / sigma^2 - c^2 lap u0 there.
+    cls = all_problems()["wave2d"]
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(200, 2, generator=g, dtype=torch.float64) * 0.8 - 0.4  # near the pulse
+    x = torch.cat([xy, torch.zeros(200, 1, dtype=torch.float64)], 1)
+    orders = [(), (2,), (2, 2), (0, 0), (1, 1)]
+    r2, w2 = (xy ** 2).sum(1), 0.1 ** 2
+    u0 = torch.exp(-r2 / (2 * w2))
+    c2 = cls(cls.Params(velocity=velocity), dtype=torch.float64).speed(xy[:, 0], xy[:, 1]) ** 2
+    lap = u0 * (r2 / w2 - 2) / w2
+    for ansatz, expect in [("taylor", 0 * u0), ("pulse", -2 * u0 / 0.3 ** 2 - c2 * lap)]:
+        problem = cls(cls.Params(velocity=velocity, ansatz=ansatz, sigma=0.3), dtype=torch.float64)
+        for part, first in zip((0, 1), (u0, 0 * u0)):
+            d = autograd_derivatives(lambda y: problem.constraint(y)[part], x, orders)
+            assert (d[()] - first).abs().max().item() < 1e-12
+            assert d[(2,)].abs().max().item() < 1e-12
+        d = autograd_derivatives(lambda y: problem.constraint(y)[0], x, orders)
+        residual = d[(2, 2)] - c2 * (d[(0, 0)] + d[(1, 1)])
+        assert (residual - expect).abs().max().item() < 1e-9 * u0.max().item() / 0.3 ** 2

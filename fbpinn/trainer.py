@@ -436,9 +436,10 @@ class Trainer:
         logger.info("%s %s subdomain(s), %d points, %d (point, subdomain) pairs",
                     "rank 0 holds" if self.ctx.parallel else "holds", held, self.batch.n, pairs)
         if self.schedule.n_stages > 1:
-            logger.info("time-marching: %d slabs of %d steps, then %d steps with all subdomains; %s",
-                        self.schedule.slabs, self.schedule.steps_per_slab,
-                        tr.steps - self.schedule.slabs * self.schedule.steps_per_slab, self.stage.text)
+            rest = tr.steps - self.schedule.slabs * self.schedule.steps_per_slab
+            logger.info("time-marching: %d slabs of %d steps%s; %s", self.schedule.slabs,
+                        self.schedule.steps_per_slab,
+                        f", then {rest} steps with all subdomains" if rest else "", self.stage.text)
 
 
 class Stopped(Exception):

@@ -203,8 +203,6 @@ def restore(trainer, state: dict) -> None:
     index = trainer.schedule.stage_of(state["step"])
     if index != trainer.stage.index:
         trainer._enter(index)
-    trainer.gen.set_state(torch.from_numpy(np.asarray(state["sampler_state"], dtype=np.uint8)))
-    trainer.resample()  # the points drawn at the last resampling before the checkpoint
     opt = trainer.optimizer
     position = {id(p): i for i, p in enumerate(opt.params)}
     arrays = state["arrays"]
@@ -220,6 +218,10 @@ def restore(trainer, state: dict) -> None:
                 raise CheckpointError(f"checkpoint {kind}/{key} has shape {src.shape}, the model {tuple(dst.shape)}")
             dst.copy_(torch.from_numpy(src).to(dst.device, dst.dtype))
         opt.steps[i].fill_(state["adam_steps"][key])
+    # The points drawn at the last resampling before the checkpoint, prepared with the restored
+    # parameters (a time-marching batch holds the frozen subdomains' part of the solution).
+    trainer.gen.set_state(torch.from_numpy(np.asarray(state["sampler_state"], dtype=np.uint8)))
+    trainer.resample()
     torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_state"], dtype=np.uint8)))
 
 

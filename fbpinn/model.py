@@ -49,6 +49,7 @@ class Batch:
     b: torch.Tensor | None  # (K, N) ansatz factor and its derivatives
     tables: TaylorTables
     rule: ProductRule
+    fixed: torch.Tensor | None = None  # (K, N) summed windowed outputs of the frozen subdomains
 
     @property
     def n(self) -> int:
@@ -61,7 +62,8 @@ class Batch:
         rule = ProductRule(self.orders)
         rule.f_index, rule.g_index, rule.out_index = (move(rule.f_index), move(rule.g_index),
                                                       move(rule.out_index))
-        return Batch(move(self.x), self.orders, blocks, move(self.a), move(self.b), self.tables, rule)
+        return Batch(move(self.x), self.orders, blocks, move(self.a), move(self.b), self.tables, rule,
+                     move(self.fixed))
 
     def pairs(self) -> int:
         """Number of padded (point, subdomain) slots evaluated per pass."""
@@ -106,19 +108,29 @@ class FBPINN(nn.Module):
         self.nets.to(self.device)
 
     # ------------------------------------------------------------------ preparation
-    def prepare(self, x: torch.Tensor, orders=((),)) -> Batch:
+    def prepare(self, x: torch.Tensor, orders=((),), frozen: torch.Tensor | None = None) -> Batch:
         """Precompute everything parameter-independent for points ``x`` (N, d).
 
         ``orders`` are the derivative multi-indices wanted; lower orders are added.
         If ``x`` requires grad the result stays differentiable in ``x`` (value only).
+
+        ``frozen`` (J,) bool marks subdomains of the finest level whose parameters do not
+        change while the batch is in use (time-marching): their windowed outputs are summed
+        here, once, into ``Batch.fixed``, and :meth:`forward` runs the other subdomains only.
+        Prepare again after changing a frozen subdomain's parameters.
         """
         orders = closure(orders)
         differentiable = x.requires_grad
         if differentiable and orders != [()]:
             raise ValueError("a differentiable batch carries the value only; use autograd for derivatives")
+        if differentiable and frozen is not None:
+            raise ValueError("a differentiable batch cannot hold frozen subdomains")
         x = x.to(self.dtype) if differentiable else x.detach().to("cpu", self.dtype)  # lookup runs on the CPU
+        last = len(self.levels) - 1
+        live = None if frozen is None else ~frozen.cpu()
         with torch.set_grad_enabled(differentiable):
-            blocks = [b for i in range(len(self.levels)) for b in self._level_blocks(i, x, orders)]
+            blocks = [b for i in range(len(self.levels))
+                      for b in self._level_blocks(i, x, orders, live if i == last else None)]
             a = b = None
             if self.problem.has_constraint:
                 if differentiable:
@@ -127,8 +139,17 @@ class FBPINN(nn.Module):
                     with torch.enable_grad():
                         a = self._stack(autograd_derivatives(lambda y: self.problem.constraint(y)[0], x, orders), orders)
                         b = self._stack(autograd_derivatives(lambda y: self.problem.constraint(y)[1], x, orders), orders)
-        batch = Batch(x, orders, blocks, a, b, TaylorTables(orders), ProductRule(orders))
-        return batch if self.device.type == "cpu" else batch.to(self.device)
+        tables, rule = TaylorTables(orders), ProductRule(orders)
+        batch = Batch(x, orders, blocks, a, b, tables, rule)
+        if self.device.type != "cpu":
+            batch = batch.to(self.device)
+        if frozen is not None:
+            held = Batch(x, orders, self._level_blocks(last, x, orders, frozen.cpu()), None, None, tables, rule)
+            if self.device.type != "cpu":
+                held = held.to(self.device)
+            with torch.no_grad():
+                batch.fixed = self._windowed_sum(held)
+        return batch
 
     @staticmethod
     def _stack(d: dict, orders) -> torch.Tensor:
@@ -139,8 +160,12 @@ class FBPINN(nn.Module):
 
     @classmethod
     def _groups(cls, counts: torch.Tensor) -> list[torch.Tensor]:
-        """Held slots grouped by point count, largest first; few groups, little padding."""
+        """Held slots grouped by point count, largest first; few groups, little padding.
+
+        Slots without points are left out (switched-off and frozen subdomains); if no slot
+        has any, the first one stands alone, so that the pass still reaches the parameters."""
         order = torch.argsort(counts, descending=True, stable=True)
+        order = order[counts[order] > 0] if bool((counts > 0).any()) else order[:1]
         groups, start = [], 0
         values = counts[order].tolist()
         for i in range(1, len(values) + 1):
@@ -149,12 +174,15 @@ class FBPINN(nn.Module):
                 start = i
         return groups
 
-    def _level_blocks(self, i: int, x: torch.Tensor, orders) -> list[LevelBlock]:
+    def _level_blocks(self, i: int, x: torch.Tensor, orders, select: torch.Tensor | None = None) -> list[LevelBlock]:
+        """Blocks of level ``i``'s pairs at ``x``; ``select`` (J,) bool keeps some subdomains only."""
         n, dim = x.shape
         k = len(orders)
         point, sub, win = self.levels[i].pairs(x, orders)
         slot = self._slot[i][sub]
         keep = slot >= 0
+        if select is not None:
+            keep &= select[sub]
         point, slot, win = point[keep], slot[keep], win[:, keep]
         j = self.nets[i].n_held
         counts = torch.bincount(slot, minlength=j)
@@ -191,17 +219,28 @@ class FBPINN(nn.Module):
                 for kk, o in enumerate(orders):
                     if len(o) == 1:
                         t_in[:, kk, :, o[0]] = inv_h[:, o[0]].unsqueeze(1)
-            every = len(groups) == 1
+            every = len(groups) == 1 and len(members) == j
             blocks.append(LevelBlock(i, None if every else members, index.reshape(-1), t_in, win_pad))
         return blocks
 
     # ------------------------------------------------------------------ evaluation
     def forward(self, batch: Batch) -> torch.Tensor:
         """Solution and derivatives at the batch's points: (K, N), in ``batch.orders`` order."""
+        u = self._windowed_sum(batch)
+        if batch.fixed is not None:
+            u = u + batch.fixed
+        if len(self.levels) > 1:
+            u = u / len(self.levels)
+        if batch.a is not None:
+            u = batch.a + batch.rule.apply(batch.b, u)
+        return u
+
+    def _windowed_sum(self, batch: Batch) -> torch.Tensor:
+        """sum_j w_j * s * NN_j over the batch's blocks, with derivatives: (K, N)."""
         from .derivatives import mlp_taylor
 
         k, n = len(batch.orders), batch.n
-        total = None
+        total = torch.zeros(k, n + 1, dtype=self.dtype, device=self.device)
         for block in batch.blocks:
             net = self.nets[block.level]
             weights, biases = list(net.weights), list(net.biases)
@@ -211,14 +250,8 @@ class FBPINN(nn.Module):
             out = mlp_taylor(weights, biases, block.t_in, batch.tables, self.activation)
             out = out[..., 0].transpose(0, 1) * self.scale  # (K, J, M)
             prod = batch.rule.apply(block.win, out).reshape(k, -1)  # (K, J*M)
-            summed = torch.zeros(k, n + 1, dtype=prod.dtype, device=prod.device).index_add(1, block.index, prod)
-            total = summed if total is None else total + summed
-        u = total[:, :n]
-        if len(self.levels) > 1:
-            u = u / len(self.levels)
-        if batch.a is not None:
-            u = batch.a + batch.rule.apply(batch.b, u)
-        return u
+            total = total.index_add(1, block.index, prod)
+        return total[:, :n]
 
     def value(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
         """Solution at ``x`` (N, d) without gradients, in chunks: (N,)."""

@@ -13,6 +13,11 @@ after another, for ``steps_per_slab`` steps each:
 - the loss uses the collocation points with t below slab k's last centre plus 0.9
   half-widths (``EDGE``): nearer the edge of the support the last windows are so
   small that their normalised derivatives lose all precision in float32;
+- and only those inside the support of slab k's subdomains, t above its first centre
+  minus a half-width: below it the solution depends on frozen parameters alone, so
+  those points' residuals are constants of the slab's optimisation;
+- the frozen subdomains' part of the solution is computed once per point set (see
+  :meth:`fbpinn.model.FBPINN.prepare`), not at every step;
 - the optimiser starts afresh for each slab.
 
 The steps left after the last slab (``training.steps - slabs * steps_per_slab``)
@@ -42,6 +47,7 @@ class Stage:
     index: int
     limit: int | None  # included time-centres (None: all)
     t_max: float | None  # upper bound of the loss's points in t (None: everything)
+    t_min: float | None  # lower bound (exclusive) of the loss's points in t (None: none)
     trainable: torch.Tensor | None  # (J,) bool over the level's subdomains (None: all)
     text: str
 
@@ -56,7 +62,7 @@ class AllActive:
         return 0
 
     def stage(self, index: int) -> Stage:
-        return Stage(0, None, None, None, "all subdomains train")
+        return Stage(0, None, None, None, None, "all subdomains train")
 
     def apply(self, stage: Stage) -> None:
         pass
@@ -91,15 +97,16 @@ class TimeMarching:
 
     def stage(self, index: int) -> Stage:
         if index >= self.slabs:
-            return Stage(index, None, None, None, "all subdomains train together")
+            return Stage(index, None, None, None, None, "all subdomains train together")
         axis = self.level.axes[self.t_axis]
         first, end = self.bounds[index]
         t_max = min(axis.hi, float(axis.centres[end - 1]) + EDGE * axis.half_width)
+        t_min = float(axis.centres[first]) - axis.half_width if first else None
         trainable = (self.t_index >= first) & (self.t_index < end)
         frozen = f", t-index 0..{first - 1} frozen" if first else ""
-        text = (f"slab {index + 1}/{self.slabs}: subdomains of t-index {first}..{end - 1} train{frozen}, "
-                f"points t < {t_max:.4g}")
-        return Stage(index, end, t_max, trainable, text)
+        bounds = f"{t_min:.4g} < t < {t_max:.4g}" if t_min is not None else f"t < {t_max:.4g}"
+        text = f"slab {index + 1}/{self.slabs}: subdomains of t-index {first}..{end - 1} train{frozen}, points {bounds}"
+        return Stage(index, end, t_max, t_min, trainable, text)
 
     def apply(self, stage: Stage) -> None:
         """Switch the level's later time-centres off (or all on) for ``stage``."""

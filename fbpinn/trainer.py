@@ -172,23 +172,27 @@ class Trainer:
 
     def _prepare_terms(self) -> None:
         """Prepare the batch of the current stage's points (all of them unless time-marching)."""
-        t_max = self.stage.t_max
-        self.terms = self.full_terms if t_max is None else [self._until(t, t_max) for t in self.full_terms]
+        st = self.stage
+        self.terms = self.full_terms if st.t_max is None else [self._within(t, st.t_min, st.t_max)
+                                                                for t in self.full_terms]
         # All terms' points go through the model in one pass; each term reads its slice.
         x = torch.cat([t.x.to(self.dtype) for t in self.terms])  # (N, d)
         orders = {parse(n, self.problem.axes) for t in self.terms for n in t.needs}
-        self.batch = self.model.prepare(x, orders)
+        frozen = None if st.trainable is None else ~st.trainable  # summed once, here
+        self.batch = self.model.prepare(x, orders, frozen)
         bounds = [0]
         for t in self.terms:
             bounds.append(bounds[-1] + t.x.shape[0])
         self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _until(self, term: Term, t_max: float) -> Term:
-        """The part of ``term`` with t < t_max (the end of the slab's open support; t <= t_max at
+    def _within(self, term: Term, t_min: float | None, t_max: float) -> Term:
+        """The part of ``term`` with t_min < t < t_max (the slab's open support; t <= t_max at
         the domain's end), normalised by its global point count."""
         d = self.problem.axes.index("t")
         t = term.x[:, d].double()
         keep = (t <= t_max) if t_max >= self.problem.domain.hi[d] else (t < t_max)
+        if t_min is not None:
+            keep &= t > t_min
         n = int(self.ctx.allreduce(np.array([float(keep.sum())]))[0])
         target = None if term.target is None else term.target[keep]
         return Term(term.name, term.x[keep], term.needs, term.residual, term.weight, target, max(n, 1))
@@ -240,6 +244,9 @@ class Trainer:
         entering = self.schedule.stage_of(step) != self.stage.index
         if entering:
             self._enter(self.schedule.stage_of(step))
+        t0 = time.perf_counter()
+        self.bytes_sent += self.dist.refresh_halo()  # before preparing: frozen halo subdomains are summed then
+        t1 = time.perf_counter()
         if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0:
             self.resample()
         elif entering:
@@ -248,9 +255,6 @@ class Trainer:
             logger.info("%s (%d points)", self.stage.text, sum(t.n_global or t.x.shape[0] for t in self.terms))
         lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
         self.optimizer.lr = lr
-        t0 = time.perf_counter()
-        self.bytes_sent += self.dist.refresh_halo()
-        t1 = time.perf_counter()
         loss, parts = self._loss()
         self.optimizer.zero_grad()
         loss.backward()

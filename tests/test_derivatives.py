@@ -81,6 +81,30 @@ def test_subset_of_subdomains_is_a_partial_sum():
     assert torch.allclose(total, full(full.prepare(x, [(0, 0)])), rtol=0, atol=1e-12)
 
 
+def test_frozen_subdomains_summed_once_give_the_same_solution_and_gradients():
+    # A batch that sums the frozen subdomains at preparation gives the values and derivatives of
+    # the plain batch, and the same gradients for the others; the frozen ones get none.
+    prob = Ansatz([0.0, 0.0], [1.0, 1.0])
+    level = Level(prob.domain, [3, 4], 1.9)
+    model = FBPINN(prob, [level], [10], "tanh", torch.Generator().manual_seed(6), torch.float64)
+    x = torch.rand(300, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    frozen = torch.arange(12) % 4 < 2  # the first two centres along the second axis
+    orders = [(0,), (1,), (0, 0), (1, 1)]
+    results = []
+    for mask in (None, frozen):
+        model.zero_grad()
+        batch = model.prepare(x, orders, mask)
+        u = model(batch)
+        (u * u).sum().backward()
+        results.append((u.detach(), model.nets[0].weights[0].grad.clone(), batch))
+    (u_plain, g_plain, plain), (u_cached, g_cached, cached) = results
+    assert cached.fixed is not None and cached.fixed.abs().max() > 0.1
+    assert cached.pairs() < plain.pairs()
+    assert torch.allclose(u_cached, u_plain, rtol=0, atol=1e-12)
+    assert torch.allclose(g_cached[~frozen], g_plain[~frozen], rtol=1e-10, atol=1e-12)
+    assert g_plain[frozen].abs().max() > 0 and g_cached[frozen].abs().max() == 0
+
+
 def test_names_and_closure():
     assert parse("u", ("x", "t")) == ()
     assert parse("u_tx", ("x", "t")) == (0, 1)

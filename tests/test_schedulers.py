@@ -1,5 +1,7 @@
 """Time-marching: windows over the included slabs, frozen and switched-off subdomains, config checks."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -68,18 +70,47 @@ def test_frozen_and_switched_off_subdomains_keep_their_parameters():
 def test_points_follow_the_slabs_and_the_last_stage_is_the_plain_model():
     cfg = wave_config(steps=35)
     trainer = Trainer(cfg)
-    counts = []
+    counts, spans = [], []
     for step in range(1, 36):
         trainer.step(step)
         counts.append(trainer.batch.n)
+        t = trainer.batch.x[:, 1]
+        spans.append((t.min().item(), t.max().item()))
     t_max = [trainer.schedule.stage(k).t_max for k in range(3)]
     assert t_max == pytest.approx([0.2 * 1 + 0.18, 0.2 * 3 + 0.18, 1.0])  # spacing 0.2, 0.9 half-widths
-    assert counts[0] < counts[10] < counts[20] == counts[30] == 12 * 18
+    # Points below a slab's first centre minus a half-width see frozen subdomains only: left out.
+    t_min = [trainer.schedule.stage(k).t_min for k in range(3)]
+    assert t_min[0] is None and t_min[1:] == pytest.approx([0.4 - 0.2, 0.8 - 0.2])
+    for k, (lo, hi) in enumerate((spans[0], spans[10], spans[20])):
+        assert (t_min[k] or 0.0) <= lo and hi <= t_max[k]
+        assert lo < (t_min[k] or 0.0) + 0.1 and hi > t_max[k] - 0.1  # the grid's spacing in t is 1/17
+    assert counts[20] < counts[30] == 12 * 18
     # After the schedule, the model is the ordinary FBPINN over all subdomains.
     plain = Trainer(fbpinn.load_config(data={**_as_data(cfg), "schedule": {"kind": "all_active"}}))
     plain.model.load_state_dict(trainer.model.state_dict())
     x = trainer.x_test
     assert torch.allclose(trainer.model.value(x), plain.model.value(x), rtol=0, atol=1e-13)
+
+
+def test_points_left_out_of_a_slab_do_not_change_its_gradient():
+    # Below a slab's support only frozen subdomains contribute: leaving those points out changes
+    # the loss by a constant, so the gradient is that of all points (per point: the loss is a mean).
+    trainer = Trainer(wave_config(steps=35))
+    for step in range(1, 13):  # into slab 2
+        trainer.step(step)
+    grads = {}
+    for t_min in (trainer.stage.t_min, None):
+        trainer.stage = dataclasses.replace(trainer.stage, t_min=t_min)
+        trainer._prepare_terms()
+        trainer.model.zero_grad()
+        loss, _ = trainer._loss_impl()
+        loss.backward()
+        grads[t_min] = (trainer.terms[0].n_global, [p.grad.clone() for p in trainer.model.parameters()])
+    (n_kept, kept), (n_all, every) = grads.values()
+    assert n_kept < 0.8 * n_all
+    for a, b in zip(kept, every):
+        assert torch.allclose(a * n_kept, b * n_all, rtol=1e-9, atol=1e-12)
+    assert max(g.abs().max().item() for g in kept) > 1e-3
 
 
 def _as_data(cfg):

@@ -84,6 +84,8 @@ def test_oscillator_value_checks():
         load_config(data={"problem": {"name": "wave2d", "ansatz": "cubic"}})
     with pytest.raises(ConfigError, match="problem.fade: must be positive, got -0.1"):
         load_config(data={"problem": {"name": "wave2d", "ansatz": "taylor", "fade": -0.1}})
+    with pytest.raises(ConfigError, match="problem.absorbing_order: must be 1 or 2, got 3"):
+        load_config(data={"problem": {"name": "wave2d", "absorbing_order": 3}})
     with pytest.raises(ConfigError, match="problem.output_scale: must be positive, got 0.0"):
         load_config(data={"problem": {"name": "cos1d", "output_scale": 0.0}})
     with pytest.raises(ConfigError, match="problem.noise: must be >= 0"):

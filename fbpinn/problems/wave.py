@@ -40,8 +40,16 @@ stays of order one (about 1 for sigma = 0.3, 2.5 for 0.5).
 The medium extends beyond the square.  Inside a box, the initial data alone do not
 determine the solution away from the centre (waves could enter through the sides),
 and a network trained on the equation alone drifts to such solutions.  A soft
-first-order absorbing condition on the sides, ``u_t + c du/dn = 0`` (n the outward
-normal; exact for waves leaving at normal incidence), selects the outgoing solution.
+absorbing condition on the sides selects the outgoing solution (n the outward normal,
+s the coordinate along the side; Engquist and Majda's one-way approximations):
+
+- ``absorbing_order = 1``: ``u_t + c u_n = 0``, exact for waves leaving at normal
+  incidence; a plane wave leaving at an angle theta to the normal is reflected with
+  amplitude ``(1 - cos theta) / (1 + cos theta)`` (0.17 at 45 degrees);
+- ``absorbing_order = 2``: ``c u_nt + u_tt - c^2 / 2 u_ss = 0``, which replaces
+  ``cos theta`` by ``1 - sin^2 theta / 2`` and reflects
+  ``|cos theta - 1 + sin^2 theta / 2| / (cos theta + 1 - sin^2 theta / 2)`` (0.03 at 45
+  degrees), at the price of second derivatives on the sides.
 There is no closed-form solution: the reference is the finite-difference solution of
 :mod:`fbpinn.reference.wave` on a padded domain (the unbounded medium), cached to HDF5.
 """
@@ -136,6 +144,7 @@ class Wave2dParams(Params):
     fade: float = 0.2  # taylor: time over which the Taylor expansion fades out
     reference_h: float = 0.01  # largest grid spacing of the finite-difference reference
     absorbing_weight: float = 1.0  # weight of the absorbing condition on the sides (0: none)
+    absorbing_order: int = 1  # 1: u_t + c u_n = 0; 2: c u_nt + u_tt - c^2/2 u_ss = 0 (module docstring)
     boundary_points: list[int] = field(default_factory=lambda: [32, 16])  # per side: along it, along t
 
     def validate(self):
@@ -146,6 +155,8 @@ class Wave2dParams(Params):
             return "ansatz", f"must be one of {', '.join(ANSATZES)}, got {self.ansatz!r}"
         if self.absorbing_weight < 0:
             return "absorbing_weight", f"must be >= 0, got {self.absorbing_weight}"
+        if self.absorbing_order not in (1, 2):
+            return "absorbing_order", f"must be 1 or 2, got {self.absorbing_order!r}"
         if len(self.boundary_points) != 2 or min(self.boundary_points) < 2:
             return "boundary_points", f"must be two counts >= 2 (along each side, along t), got {self.boundary_points}"
         if self.velocity not in VELOCITIES:
@@ -224,13 +235,29 @@ class Wave2d(Problem):
         sides = [torch.stack([e * edge, ss, tt], 1) for e in (-1.0, 1.0)]
         sides += [torch.stack([ss, e * edge, tt], 1) for e in (-1.0, 1.0)]
         x = torch.cat(sides).to(self.dtype)  # (4 n_side n_t, 3)
-        return [Term("absorbing", x, ("u_t", "u_x", "u_y"), self._absorbing, self.p.absorbing_weight)]
+        if self.p.absorbing_order == 1:
+            return [Term("absorbing", x, ("u_t", "u_x", "u_y"), self._absorbing, self.p.absorbing_weight)]
+        needs = ("u_tt", "u_xt", "u_yt", "u_xx", "u_yy")
+        return [Term("absorbing", x, needs, self._absorbing2, self.p.absorbing_weight)]
+
+    @staticmethod
+    def _normal(x):
+        """Outward normal (nx, ny) of the side each point lies on."""
+        nx = torch.where(x[:, 0].abs() >= 1, torch.sign(x[:, 0]), torch.zeros_like(x[:, 0]))
+        ny = torch.where(x[:, 1].abs() >= 1, torch.sign(x[:, 1]), torch.zeros_like(x[:, 1]))
+        return nx, ny
 
     def _absorbing(self, x, d):
         """u_t + c du/dn with n the outward normal of the side a point lies on."""
-        nx = torch.where(x[:, 0].abs() >= 1, torch.sign(x[:, 0]), torch.zeros_like(x[:, 0]))
-        ny = torch.where(x[:, 1].abs() >= 1, torch.sign(x[:, 1]), torch.zeros_like(x[:, 1]))
+        nx, ny = self._normal(x)
         return d["u_t"] + self.speed(x[:, 0], x[:, 1]) * (nx * d["u_x"] + ny * d["u_y"])
+
+    def _absorbing2(self, x, d):
+        """c u_nt + u_tt - c^2/2 u_ss (s along the side): the second-order condition."""
+        nx, ny = self._normal(x)
+        c = self.speed(x[:, 0], x[:, 1])
+        u_ss = ny.abs() * d["u_xx"] + nx.abs() * d["u_yy"]  # on an x-side, s = y
+        return c * (nx * d["u_xt"] + ny * d["u_yt"]) + d["u_tt"] - 0.5 * c * c * u_ss
 
     def reference(self, axes):
         from ..reference import wave

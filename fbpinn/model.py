@@ -127,10 +127,11 @@ class FBPINN(nn.Module):
             raise ValueError("a differentiable batch cannot hold frozen subdomains")
         x = x.to(self.dtype) if differentiable else x.detach().to("cpu", self.dtype)  # lookup runs on the CPU
         last = len(self.levels) - 1
-        live = None if frozen is None else ~frozen.cpu()
         with torch.set_grad_enabled(differentiable):
+            pairs = [lv.pairs(x, orders) for lv in self.levels]
+            live = None if frozen is None else ~frozen.cpu()
             blocks = [b for i in range(len(self.levels))
-                      for b in self._level_blocks(i, x, orders, live if i == last else None)]
+                      for b in self._level_blocks(i, x, orders, pairs[i], live if i == last else None)]
             a = b = None
             if self.problem.has_constraint:
                 if differentiable:
@@ -144,7 +145,8 @@ class FBPINN(nn.Module):
         if self.device.type != "cpu":
             batch = batch.to(self.device)
         if frozen is not None:
-            held = Batch(x, orders, self._level_blocks(last, x, orders, frozen.cpu()), None, None, tables, rule)
+            held = Batch(x, orders, self._level_blocks(last, x, orders, pairs[last], frozen.cpu()), None, None,
+                         tables, rule)
             if self.device.type != "cpu":
                 held = held.to(self.device)
             with torch.no_grad():
@@ -174,11 +176,13 @@ class FBPINN(nn.Module):
                 start = i
         return groups
 
-    def _level_blocks(self, i: int, x: torch.Tensor, orders, select: torch.Tensor | None = None) -> list[LevelBlock]:
-        """Blocks of level ``i``'s pairs at ``x``; ``select`` (J,) bool keeps some subdomains only."""
+    def _level_blocks(self, i: int, x: torch.Tensor, orders, pairs,
+                      select: torch.Tensor | None = None) -> list[LevelBlock]:
+        """Blocks of level ``i``'s ``pairs`` (from :meth:`Level.pairs`) at ``x``; ``select`` (J,) bool
+        keeps some subdomains only."""
         n, dim = x.shape
         k = len(orders)
-        point, sub, win = self.levels[i].pairs(x, orders)
+        point, sub, win = pairs
         slot = self._slot[i][sub]
         keep = slot >= 0
         if select is not None:

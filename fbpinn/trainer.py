@@ -139,7 +139,6 @@ class Trainer:
         self.schedule = schedulers.build(cfg, self.model.levels, self.problem.axes)
         self.stage = self.schedule.stage(self.schedule.stage_of(1))
         self.schedule.apply(self.stage)
-        self.grad_mask = self._grad_mask()
         self.resample()
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
         self.optimizer = Adam(self.params, lr=tr.lr)
@@ -197,19 +196,11 @@ class Trainer:
         target = None if term.target is None else term.target[keep]
         return Term(term.name, term.x[keep], term.needs, term.residual, term.weight, target, max(n, 1))
 
-    def _grad_mask(self):
-        """(J_held,) 0/1 of the finest level's subdomains that train in this stage, or None for all."""
-        if self.stage.trainable is None:
-            return None
-        net = self.model.nets[-1]
-        return self.stage.trainable[net.held].to(self.model.device, self.dtype)
-
     def _enter(self, index: int) -> None:
         """Switch to stage ``index`` of the schedule: windows, frozen subdomains, a fresh optimiser
         (the caller prepares the stage's points)."""
         self.stage = self.schedule.stage(index)
         self.schedule.apply(self.stage)
-        self.grad_mask = self._grad_mask()
         if self.test_batch is not None:
             self.test_batch = self.model.prepare(self.x_test)
         self.optimizer = Adam(self.params, lr=self.cfg.training.lr)
@@ -261,10 +252,6 @@ class Trainer:
         t2 = time.perf_counter()
         self.bytes_sent += self.dist.reduce_gradients(self.model.nets, self.problem.parameters().values())
         t3 = time.perf_counter()
-        if self.grad_mask is not None:  # frozen and switched-off subdomains keep their parameters
-            for p in self.model.nets[-1].parameters():
-                if p.grad is not None:
-                    p.grad.mul_(self.grad_mask.view(-1, *[1] * (p.dim() - 1)))
         self.optimizer.step()
         t4 = time.perf_counter()
         # The terms summed over ranks, and whether any rank was asked to stop (one reduction for both).

@@ -31,52 +31,108 @@ def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
 
 def cmd_train(args) -> int:
     from . import checkpoint as ckpt
+    from . import preflight
     from .config import ConfigError, load_config
-    from .io import write_part, write_results
-    from .trainer import train
+    from .io import part_name, write_part, write_results
+    from .parallel import select_device
+    from .trainer import TrainingError, train
 
     ctx = args.ctx
-    # Errors found before training (a config file missing on one node, an unwritable results
-    # folder, a checkpoint that does not fit) are agreed on by all ranks, so that all stop
-    # together instead of some waiting for the others forever.  Only rank 0 touches the
-    # results folder; it chooses the checkpoint to resume from.
-    problem, chosen, state = None, None, None
+    # The pre-flight: every rank checks the config, the paths it will write, its device and
+    # its memory, and all ranks agree on the first error found anywhere (a config file
+    # missing on one node, an unwritable folder, too little memory), so that all stop
+    # together instead of some waiting for the others forever.  Nothing is created before
+    # it passes.  Rank 0 chooses the checkpoint to resume from.
+    problem, chosen, state, estimate, replaced = None, None, None, None, []
     try:
         cfg = load_config(args.config, args.set)
         out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
-        if out.exists() and not out.is_dir():
-            raise UsageError(f"results folder {out} exists and is not a folder")
+        part = out / part_name(out / "run.h5", ctx.rank) if ctx.parallel and cfg.output.per_rank else None
+        preflight.check_paths(out, resume=args.resume, overwrite=args.overwrite, part=part)
+        estimate = preflight.check_memory(cfg, ctx, select_device(ctx, cfg.training.device))
         folder = out / "checkpoints"
         if ctx.rank == 0:
-            _check_writable(out)
-            for leftover in ckpt.remove_leftovers(out) + ckpt.remove_leftovers(folder):
-                logger.info("removed %s, left by an interrupted write", leftover)
-            chosen, state = _choose_checkpoint(folder, cfg, args.resume)
-    except (ConfigError, UsageError, ckpt.CheckpointError) as e:
+            # --overwrite without --resume starts over: the replaced run's checkpoints go too, so
+            # that a later --resume cannot pick up one of them.
+            replaced = ckpt.listing(folder) if args.overwrite and not args.resume else []
+            if not replaced:
+                chosen, state = _choose_checkpoint(folder, cfg, args.resume)
+            if chosen is None and (out / "run.h5").is_file() and not args.overwrite:
+                raise UsageError(f"{out / 'run.h5'} holds a finished run and {folder} no checkpoint to go on "
+                                 "from; train into another --out folder, or pass --overwrite to replace it")
+    except (ConfigError, UsageError, ckpt.CheckpointError, preflight.PreflightError) as e:
         problem = str(e)
     problem = ctx.first_error(problem)
     if problem:
         raise AgreedError(problem)
     chosen = ctx.bcast(chosen)
-    checkpoints = ckpt.Checkpoints(folder, cfg.checkpoint.every, cfg.checkpoint.keep)
-    resume = None
-    if chosen is not None:
-        resume = state if ctx.rank == 0 else ckpt.read(chosen)  # the other ranks read the file themselves
-        checkpoints.last = Path(chosen)
-    logger.info("config %s -> %s", args.config, out / "run.h5")
-    run = train(cfg, ctx, checkpoints, resume)
-    blocks = None
-    if run.block is not None:  # output.per_rank: every rank writes its part, rank 0 the virtual master
-        write_part(out / "run.h5", run.block)
-        blocks = ctx.gather((run.block["offset"], run.block["shape"]))
-        ctx.barrier()
-    if ctx.rank != 0:
-        return 0
-    path = write_results(out / "run.h5", run, blocks)
+    if chosen is not None and ctx.parallel:
+        # The other ranks read the checkpoint themselves and verify it too; all agree on any failure.
+        digest = ctx.bcast(state["digest"] if ctx.rank == 0 else None)
+        if ctx.rank != 0:
+            try:
+                state = ckpt.read(chosen)
+                if state["digest"] != digest:
+                    problem = f"{chosen} changed while it was read (its state checksum differs on rank {ctx.rank})"
+            except ckpt.CheckpointError as e:
+                problem = f"rank {ctx.rank} could not use the checkpoint rank 0 verified: {e}"
+        problem = ctx.first_error(problem)
+        if problem:
+            raise AgreedError(problem)
+    with preflight.ResultsFolder(out, create=ctx.rank == 0):
+        if ctx.rank == 0:
+            for leftover in ckpt.remove_leftovers(out) + ckpt.remove_leftovers(folder):
+                logger.info("removed %s, left by an interrupted write", leftover)
+            for _, old in replaced:
+                old.unlink(missing_ok=True)
+                logger.info("removed %s of the run that --overwrite replaces", old)
+        ctx.barrier()  # the folder exists before any rank goes on
+        checkpoints = ckpt.Checkpoints(folder, cfg.checkpoint.every, cfg.checkpoint.keep)
+        resume = None
+        if chosen is not None:
+            resume = state  # verified on every rank
+            checkpoints.last = Path(chosen)
+        logger.info("config %s -> %s", args.config, out / "run.h5")
+        logger.debug("memory estimate for rank %d: %s", ctx.rank, estimate.text())
+        try:
+            run = train(cfg, ctx, checkpoints, resume)
+        except (MemoryError, torch_out_of_memory()) as e:
+            raise OutOfMemory(f"ran out of memory ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                              f"the estimate was {estimate.text()}; lower training.points or the network's size, "
+                              "or use more ranks") from None
+        kept = f"; the trained state is in {checkpoints.last}: --resume writes it" if checkpoints.last else ""
+        blocks = None
+        if run.block is not None:  # output.per_rank: every rank writes its part, rank 0 the virtual master
+            failed = None
+            try:
+                write_part(out / "run.h5", run.block)
+            except OSError as e:
+                failed = f"rank {ctx.rank} could not write its part of the results to {out}: {e.strerror or e}"
+            failed = ctx.first_error(failed)  # all ranks stop together
+            if failed:
+                raise TrainingError(failed + kept)
+            blocks = ctx.gather((run.block["offset"], run.block["shape"]))
+        if ctx.rank != 0:
+            return 0
+        try:
+            path = write_results(out / "run.h5", run, blocks)
+        except OSError as e:
+            raise TrainingError(f"could not write the results to {out}: {e.strerror or e}{kept}") from None
     final = run.history["rel_l2"][-1]
     learned = "".join(f", learned {k} = {v:.6g}" for k, v in run.learned.items())
     logger.info("wrote %s (rel_l2 %.3e%s, %.1f s)", path, final, learned, run.wall_time)
     return 0
+
+
+class OutOfMemory(RuntimeError):
+    """This rank could not allocate what training needed."""
+
+
+def torch_out_of_memory() -> type:
+    """torch's out-of-memory exception class (an alias of RuntimeError's subclass in older releases)."""
+    import torch
+
+    return getattr(torch, "OutOfMemoryError", MemoryError)
 
 
 def cmd_plot(args) -> int:
@@ -138,9 +194,9 @@ class UsageError(ValueError):
 
 
 def _choose_checkpoint(folder: Path, cfg, resume: bool) -> tuple[str | None, dict | None]:
-    """The checkpoint to go on from and its state: the newest readable one with ``--resume``
-    (None, None if there is none); without it, refuse to start over a folder that holds another
-    run's checkpoints."""
+    """The checkpoint to go on from and its state: with ``--resume``, the newest one that passes
+    verification (None, None if there are no checkpoint files; UsageError if all are damaged);
+    without it, refuse to start over a folder that holds another run's checkpoints."""
     from . import checkpoint as ckpt
 
     found = ckpt.listing(folder)
@@ -149,31 +205,30 @@ def _choose_checkpoint(folder: Path, cfg, resume: bool) -> tuple[str | None, dic
             raise UsageError(f"{folder} holds checkpoints of an earlier run (newest: step {found[0][0]}); "
                              "continue it with --resume, or train into another --out folder")
         return None, None
+    # Newest first; a damaged one (it fails verification) is skipped with its reason.  A config
+    # that does not fit the run is the user's to fix: check_compatible raises, nothing is skipped.
+    failed = []
     for step, path in found:
         try:
             state = ckpt.read(path)
         except ckpt.CheckpointError as e:
-            logger.warning("skipping %s", e)
+            logger.warning("skipping damaged checkpoint %s", e)
+            failed.append(path.name)
             continue
         ckpt.check_compatible(state, cfg, path)
+        if failed:
+            logger.warning("resuming from %s, the newest checkpoint that passes verification", path)
         return str(path), state
+    if found:
+        raise UsageError(f"--resume: none of the {len(found)} checkpoint(s) in {folder} passes verification "
+                         f"({', '.join(failed)}; the reasons are logged above); nothing was trained. Move them "
+                         "away to start again from step 1")
     logger.info("no checkpoint in %s: starting at step 1", folder)
     return None, None
 
 
 class AgreedError(UsageError):
     """Bad input that every rank has seen (see ``Context.first_error``)."""
-
-
-def _check_writable(folder: Path) -> None:
-    """Create ``folder`` and write a probe file in it, or raise UsageError naming the problem."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".fbpinn-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write results to {folder}: {e.strerror or e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set training.steps=2000 (repeatable)")
     t.add_argument("--out", metavar="DIR", help="results folder (default: output.dir or results/<config stem>)")
     t.add_argument("--resume", action="store_true",
-                   help="go on from the newest readable checkpoint in DIR/checkpoints (from step 1 if there is "
-                        "none); training.steps is the total, so a larger value trains on")
+                   help="go on from the newest checkpoint in DIR/checkpoints that passes verification (from step 1 "
+                        "if there is none at all; status 2 if all are damaged); training.steps is the total, so a "
+                        "larger value trains on")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a finished DIR/run.h5 (without it, train refuses to start over one)")
     t.set_defaults(func=cmd_train)
 
     pl = sub.add_parser("plot", help="draw figures (PNG, GIF) from results files",
@@ -256,6 +314,11 @@ def _run(args) -> int:
         if ctx.rank == 0:
             print(f"fbpinn: {e}; go on with --resume", file=sys.stderr)
         return EXIT_STOPPED
+    except OutOfMemory as e:  # found by this rank alone
+        if ctx.parallel:
+            ctx.abort(f"{e}; aborting all ranks", EXIT_FAILED)
+        print(f"fbpinn: training failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except TrainingError as e:
         # The loss is reduced over all ranks, so every rank stops at the same step.
         if ctx.rank == 0:

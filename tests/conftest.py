@@ -19,6 +19,20 @@ def make_config(problem: dict, subdomains, hidden=(16,), steps=100, points=None,
     })
 
 
+def blow_up_at(monkeypatch, step: int) -> None:
+    """Make training's parameters NaN just before ``step``, as if an update had blown up."""
+    from fbpinn.trainer import Trainer
+
+    original = Trainer.step
+
+    def patched(self, n):
+        if n == step:
+            self.model.nets[0].weights[0].data.fill_(float("nan"))
+        return original(self, n)
+
+    monkeypatch.setattr(Trainer, "step", patched)
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)

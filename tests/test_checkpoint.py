@@ -18,6 +18,7 @@ import pytest
 from fbpinn import checkpoint as ckpt
 from fbpinn.cli import EXIT_STOPPED, main
 from fbpinn.io import read_results
+from conftest import blow_up_at
 from test_parallel import INVERSE, LAPLACE, MPIEXEC, WAVE_MARCH, mpirun, needs_mpi, write_toml
 
 # Random points, redrawn every 7 steps: a checkpoint between two redraws must bring them back.
@@ -92,9 +93,13 @@ def test_resume_refuses_what_does_not_fit(tmp_path, capsys):
     out = tmp_path / "r"
     assert train_cli(cfg, out, "--set", "training.steps=30") == 0
     capsys.readouterr()
-    # Starting over a folder with checkpoints would mix two runs.
+    # Starting over a finished run needs --overwrite; over a folder with checkpoints it would mix two runs.
+    assert train_cli(cfg, out) == 2
+    assert "run.h5 holds a finished run" in capsys.readouterr().err
+    (out / "run.h5").rename(tmp_path / "run.h5")
     assert train_cli(cfg, out) == 2
     assert "holds checkpoints of an earlier run (newest: step 30); continue it with --resume" in capsys.readouterr().err
+    (tmp_path / "run.h5").rename(out / "run.h5")
     assert train_cli(cfg, out, "--resume", "--set", "network.hidden=[6]") == 2
     err = capsys.readouterr().err
     assert "was written with network.hidden = [8], this config has [6]" in err
@@ -113,16 +118,7 @@ def test_resume_without_checkpoint_starts_at_step_one(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    from fbpinn.trainer import Trainer
-
-    original = Trainer.step
-
-    def step(self, n):
-        if n == 26:  # as if an update had blown up
-            self.model.nets[0].weights[0].data.fill_(float("nan"))
-        return original(self, n)
-
-    monkeypatch.setattr(Trainer, "step", step)
+    blow_up_at(monkeypatch, 26)
     cfg = write_toml({**LAPLACE, "checkpoint": {"every": 10}}, tmp_path / "c.toml")
     assert train_cli(cfg, tmp_path / "r") == 1
     err = capsys.readouterr().err

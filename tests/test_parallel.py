@@ -198,13 +198,14 @@ def test_config_missing_on_one_rank_stops_every_rank(tmp_path):
         from fbpinn.cli import main
 
         path = {str(cfg_path)!r} if MPI.COMM_WORLD.Get_rank() == 0 else "/nonexistent/c.toml"
-        sys.exit(main(["train", path, "--out", {str(tmp_path / 'out')!r}]))
+        sys.exit(main(["train", path, "--out", {str(tmp_path / 'new' / 'out')!r}]))
     """))
     start = time.time()
     proc = mpirun(2, [str(script)], timeout=60)
     assert time.time() - start < 30
     assert proc.returncode == 2
     assert "no config file '/nonexistent/c.toml'" in proc.stderr
+    assert not (tmp_path / "new").exists()  # the pre-flight failed on one rank: nothing was created
 
 
 @needs_mpi

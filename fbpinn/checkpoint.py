@@ -7,12 +7,22 @@ so far.  Nothing in it depends on how many ranks wrote it, so a run may resume o
 number of ranks.  Files are ``<results folder>/checkpoints/step_<step>.h5``, written
 under a temporary name and renamed (:func:`fbpinn.io.write_atomic`); the newest
 ``checkpoint.keep`` are kept.  Layout: docs/hdf5.md.  No pickle: arrays and attributes only.
+
+A checkpoint proves its contents: every dataset carries the SHA-256 of its bytes and the
+root a SHA-256 of the whole stored state (all attributes, and every dataset's path,
+dtype, shape, attributes and checksum).  :func:`read` verifies both, and checks the
+layout against the stored config (the datasets that must be there, their shapes and
+dtypes), that the config is valid, and that parameters and Adam's moments are finite;
+anything else is a :class:`CheckpointError` naming the file and what failed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import math
 import re
 import time
 import tomllib
@@ -24,12 +34,12 @@ import torch
 
 from . import __version__
 from .config import load_config, to_dict, to_toml
-from .io import write_atomic
+from .io import remove_temporaries, write_atomic
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "fbpinn-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: SHA-256 of every dataset (attribute "sha256") and of the state (root "state_sha256")
 NAME = re.compile(r"^step_(\d+)\.h5$")
 HISTORY = ("step", "loss", "loss_terms", "rel_l2", "time", "lr", "stage")
 # Config keys a resumed run may change; every other key must equal the checkpoint's.
@@ -55,14 +65,9 @@ def listing(folder) -> list[tuple[int, Path]]:
 
 
 def remove_leftovers(folder) -> list[Path]:
-    """Delete temporary files that a killed writer left in ``folder`` (never complete files)."""
-    removed = []
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp"):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+    """Delete the temporary files that a killed fbpinn write left in ``folder`` (only names of
+    :data:`fbpinn.io.TEMPORARY`'s form; never complete files, nor anything a user named)."""
+    return remove_temporaries(folder)
 
 
 # ----------------------------------------------------------------------------- state
@@ -111,7 +116,14 @@ def collect(trainer, step: int, history: dict, loss_per_step, wall_time: float) 
 
 
 def write(path, state: dict) -> Path:
-    """Write a state from :func:`collect` atomically."""
+    """Write a state from :func:`collect` atomically, with the checksums :func:`read` verifies.
+
+    A state whose parameters, Adam moments or step counts are not all finite is refused
+    (:class:`CheckpointError`): a checkpoint of a run that has already failed is never written."""
+    for key, value in [*state["arrays"].items(), *state["adam_steps"].items()]:
+        if not np.isfinite(np.asarray(value)).all():
+            raise CheckpointError(f"{path}: not written, {key} is not finite")
+
     def fill(f):
         f.attrs["format"] = FORMAT
         f.attrs["version"] = VERSION
@@ -139,43 +151,217 @@ def write(path, state: dict) -> Path:
             len(state["history"]["step"]), len(state["term_names"]))
         h["loss_terms"].attrs["names"] = ",".join(state["term_names"])
         h["loss_per_step"] = np.asarray(state["loss_per_step"], dtype=np.float64)
-        f.attrs["complete"] = True  # last: a file without it was not written by this function
+        f.attrs["complete"] = True  # a file without it was not written by this function
+        _seal(f)
 
     return write_atomic(path, fill)
 
 
+# ----------------------------------------------------------------------------- verification
+CHECKSUM = "sha256"  # attribute of every dataset: SHA-256 of its bytes (C order, as stored)
+STATE_CHECKSUM = "state_sha256"  # root attribute: SHA-256 of the canonical description of the whole file
+
+
+class _Damage(Exception):
+    """What is wrong with a checkpoint (:func:`read` adds the file's name)."""
+
+
+def _sha256(data) -> str:
+    """SHA-256 (hex) of an array's bytes in C order."""
+    return hashlib.sha256(np.asarray(data).tobytes()).hexdigest()
+
+
+def _plain(value):
+    """An attribute value as plain JSON-able Python (strings, numbers, booleans, lists)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()] if value.dtype.kind in "SO" else value.tolist()
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    raise _Damage(f"attribute of unexpected type {type(value).__name__}")
+
+
+def _datasets(f: h5py.File) -> dict:
+    """Every dataset in ``f`` by path.  Only plain hard-linked groups and datasets stored in the
+    file itself may be there: a soft or external link, a virtual dataset or another kind of
+    object is damage (fbpinn never writes one)."""
+    found = {}
+
+    def walk(group, prefix):
+        for name in group:
+            path = f"{prefix}{name}"
+            if not isinstance(group.get(name, getlink=True), h5py.HardLink):
+                raise _Damage(f"{path} is a link")
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                walk(obj, path + "/")
+            elif isinstance(obj, h5py.Dataset) and not obj.is_virtual and not obj.external:
+                found[path] = obj
+            else:
+                raise _Damage(f"{path} is not a plain dataset")
+
+    walk(f, "")
+    return found
+
+
+def _state_digest(f: h5py.File, datasets: dict) -> str:
+    """SHA-256 over a canonical JSON serialisation of the root attributes (all but the state
+    checksum itself) and, for every dataset, its path, dtype, shape and attributes (its checksum
+    among them)."""
+    doc = {"attrs": {k: _plain(v) for k, v in f.attrs.items() if k != STATE_CHECKSUM},
+           "datasets": {path: [ds.dtype.str, list(ds.shape), {k: _plain(v) for k, v in ds.attrs.items()}]
+                        for path, ds in datasets.items()}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _seal(f: h5py.File) -> None:
+    """Store the checksum of every dataset and of the whole state (the last thing written)."""
+    datasets = _datasets(f)
+    for ds in datasets.values():
+        ds.attrs[CHECKSUM] = _sha256(ds[()])
+    f.attrs[STATE_CHECKSUM] = _state_digest(f, datasets)
+
+
+def _layout(cfg) -> dict:
+    """Path -> (shape, dtype) of the parameter and Adam datasets that a run of ``cfg`` stores:
+    per level, the stacked weights (J, n_in, n_out) and biases (J, 1, 1, n_out) of its J
+    subdomain networks with layer widths [dim, *network.hidden, 1]."""
+    dtype = np.dtype(cfg.training.dtype)
+    shapes = cfg.decomposition.level_shapes()
+    sizes = [len(shapes[0]), *cfg.network.hidden, 1]
+    out = {}
+    for level, grid in enumerate(shapes):
+        n = math.prod(grid)
+        for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            for name, shape in ((f"W{l}", (n, n_in, n_out)), (f"b{l}", (n, 1, 1, n_out))):
+                for group in ("parameters", "adam/exp_avg", "adam/exp_avg_sq"):
+                    out[f"{group}/level{level}/{name}"] = (shape, dtype)
+                out[f"adam/steps/level{level}/{name}"] = ((), np.dtype("float64"))
+    return out
+
+
+def _attribute(f, name: str, kind, low=None):
+    """Root attribute ``name``, checked to be a ``kind`` (int, float or str) at least ``low``."""
+    if name not in f.attrs:
+        raise _Damage(f"attribute {name} is missing")
+    value = _plain(f.attrs[name])
+    ok = isinstance(value, str) if kind is str else (
+        isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool))
+    if not ok or (low is not None and not (math.isfinite(value) and value >= low)):
+        raise _Damage(f"attribute {name} = {value!r} is not a valid value")
+    return value
+
+
+def _verify(f: h5py.File) -> dict:
+    """Check a checkpoint completely (see the module's docstring) and return its state."""
+    if _plain(f.attrs.get("format", "")) != FORMAT:
+        raise _Damage("not an fbpinn checkpoint")
+    version = _plain(f.attrs.get("version", -1))
+    if version != VERSION:
+        raise _Damage(f"checkpoint version {version}; this fbpinn reads version {VERSION}")
+    if _plain(f.attrs.get("complete", False)) is not True:
+        raise _Damage("incomplete checkpoint")
+    digest = _attribute(f, STATE_CHECKSUM, str)
+    text = _attribute(f, "config", str)
+    try:
+        cfg = load_config(data=tomllib.loads(text))
+    except tomllib.TOMLDecodeError as e:
+        raise _Damage(f"its stored config is not valid TOML ({e})") from None
+    except ValueError as e:  # ConfigError
+        raise _Damage(f"its stored config is not a valid config ({e})") from None
+    step = _attribute(f, "step", int, 1)
+    stage = _attribute(f, "stage", int, 0)
+    n_ranks = _attribute(f, "n_ranks", int, 1)
+    wall_time = _attribute(f, "wall_time", float, 0.0)
+    if step > cfg.training.steps:
+        raise _Damage(f"step {step} is beyond its own config's training.steps = {cfg.training.steps}")
+
+    # The layout, from metadata only (nothing large is read before its size is known to be right).
+    datasets = _datasets(f)
+    expected = _layout(cfg)
+    learned = sorted(p.split("/", 2)[2] for p in datasets if p.startswith("parameters/problem/"))
+    for name in learned:
+        for group in ("parameters", "adam/exp_avg", "adam/exp_avg_sq"):
+            expected[f"{group}/problem/{name}"] = ((), np.dtype(cfg.training.dtype))
+        expected[f"adam/steps/problem/{name}"] = ((), np.dtype("float64"))
+    n_rng = torch.get_rng_state().numel()
+    expected["rng/sampler"] = expected["rng/torch"] = ((n_rng,), np.dtype("uint8"))
+    history = datasets.get("history/step")
+    n_eval = history.shape[0] if history is not None and history.ndim == 1 else -1
+    if not 1 <= n_eval <= step:
+        raise _Damage(f"history/step has shape {None if history is None else history.shape}, expected "
+                      f"(E,) with 1 <= E <= step {step}")
+    ds = datasets.get("history/loss_terms")
+    names = str(_plain(ds.attrs.get("names", ""))) if ds is not None else ""
+    term_names = names.split(",") if names else []
+    for k in HISTORY:
+        shape = (n_eval, len(term_names)) if k == "loss_terms" else (n_eval,)
+        expected[f"history/{k}"] = (shape, np.dtype("int64" if k in ("step", "stage") else "float64"))
+    expected["history/loss_per_step"] = ((step,), np.dtype("float64"))
+    missing, extra = sorted(set(expected) - set(datasets)), sorted(set(datasets) - set(expected))
+    if missing or extra:
+        raise _Damage("; ".join([*(f"dataset {p} is missing" for p in missing[:3]),
+                                 *(f"unexpected dataset {p}" for p in extra[:3])]))
+    for path, (shape, dtype) in expected.items():
+        ds = datasets[path]
+        if ds.shape != shape or ds.dtype != dtype:
+            raise _Damage(f"{path} has shape {ds.shape} and dtype {ds.dtype}, expected {shape} and {dtype} "
+                          f"(for decomposition {cfg.decomposition.level_shapes()}, network.hidden "
+                          f"{cfg.network.hidden}, {len(term_names)} loss term(s), step {step})")
+    if not term_names or not all(term_names):
+        raise _Damage(f"history/loss_terms names {names!r} are not a list of loss terms")
+
+    # The data, against the checksums; then the state as a whole.
+    data = {}
+    for path, ds in datasets.items():
+        stored = _plain(ds.attrs.get(CHECKSUM, ""))
+        data[path] = ds[()]
+        if stored != _sha256(data[path]):
+            raise _Damage(f"the checksum of {path} does not match its data")
+    if _state_digest(f, datasets) != digest:
+        raise _Damage("the checksum of the stored state (attributes, dataset shapes and checksums) does not match")
+    for path, value in data.items():
+        if path.startswith(("parameters/", "adam/")) and not np.isfinite(value).all():
+            raise _Damage(f"{path} is not finite")
+    return {"cfg": cfg, "data": data, "step": step, "stage": stage, "n_ranks": n_ranks, "wall_time": wall_time,
+            "config": text, "term_names": term_names, "digest": digest}
+
+
 def read(path) -> dict:
-    """A checkpoint file back as the dict :func:`collect` made; :class:`CheckpointError` if unreadable."""
+    """A checkpoint file back as the dict :func:`collect` made (and its state checksum as
+    ``"digest"``), after verifying it completely (see the module's docstring).
+
+    Raises :class:`CheckpointError` naming the file and what failed; no other exception
+    escapes, whatever the file holds."""
     path = Path(path)
     try:
+        if not path.is_file():
+            raise _Damage("not a regular file")
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise CheckpointError(f"{path}: not an fbpinn checkpoint")
-            if int(f.attrs.get("version", -1)) != VERSION:
-                raise CheckpointError(f"{path}: checkpoint version {f.attrs.get('version')}; this fbpinn reads "
-                                      f"version {VERSION}")
-            if not f.attrs.get("complete", False):
-                raise CheckpointError(f"{path}: incomplete checkpoint")
-            arrays = {}
-            for group, kind in (("parameters", "parameters"), ("adam/exp_avg", "exp_avg"),
-                                ("adam/exp_avg_sq", "exp_avg_sq")):
-                f[group].visititems(lambda name, obj, kind=kind: arrays.__setitem__(f"{kind}/{name}", obj[()])
-                                    if isinstance(obj, h5py.Dataset) else None)
-            steps = {}
-            f["adam/steps"].visititems(lambda name, obj: steps.__setitem__(name, float(obj[()]))
-                                       if isinstance(obj, h5py.Dataset) else None)
-            h = f["history"]
-            history = {k: h[k][()].tolist() for k in HISTORY}
-            return {"step": int(f.attrs["step"]), "stage": int(f.attrs["stage"]), "arrays": arrays,
-                    "adam_steps": steps, "sampler_state": f["rng/sampler"][()], "torch_state": f["rng/torch"][()],
-                    "history": history, "loss_per_step": h["loss_per_step"][()].tolist(),
-                    "wall_time": float(f.attrs["wall_time"]), "n_ranks": int(f.attrs["n_ranks"]),
-                    "config": str(f.attrs["config"]),
-                    "term_names": str(h["loss_terms"].attrs["names"]).split(",")}
-    except CheckpointError:
-        raise
-    except (OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+            v = _verify(f)
+    except _Damage as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- HDF5, numpy, decoding: any failure on a damaged file
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {detail})") from None
+    data = v["data"]
+    arrays = {}
+    for path_, value in data.items():
+        kind, _, name = path_.partition("/")
+        if kind == "parameters":
+            arrays[f"parameters/{name}"] = value
+        elif kind == "adam" and not name.startswith("steps/"):
+            group, _, rest = name.partition("/")
+            arrays[f"{group}/{rest}"] = value
+    steps = {p[len("adam/steps/"):]: float(value) for p, value in data.items() if p.startswith("adam/steps/")}
+    history = {k: data[f"history/{k}"].tolist() for k in HISTORY}
+    return {"step": v["step"], "stage": v["stage"], "arrays": arrays, "adam_steps": steps,
+            "sampler_state": data["rng/sampler"], "torch_state": data["rng/torch"], "history": history,
+            "loss_per_step": data["history/loss_per_step"].tolist(), "wall_time": float(v["wall_time"]),
+            "n_ranks": v["n_ranks"], "config": v["config"], "term_names": v["term_names"], "digest": v["digest"]}
 
 
 def check_compatible(state: dict, cfg, path) -> None:
@@ -226,8 +412,10 @@ def restore(trainer, state: dict) -> None:
 
 
 def all_finite(trainer) -> bool:
-    """Whether every rank's parameters are finite (collective)."""
-    bad = sum(int(not torch.isfinite(t).all()) for _, t, _ in _tensors(trainer))
+    """Whether every rank's parameters and Adam moments are finite (collective)."""
+    opt = trainer.optimizer
+    tensors = [t for _, t, _ in _tensors(trainer)] + list(opt.exp_avg) + list(opt.exp_avg_sq)
+    bad = sum(int(not torch.isfinite(t).all()) for t in tensors)
     return float(trainer.ctx.allreduce(np.array([float(bad)]))[0]) == 0.0
 
 

@@ -10,6 +10,8 @@ that the file is an fbpinn results file of a known schema and raises
 from __future__ import annotations
 
 import os
+import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -27,12 +29,42 @@ class ResultsError(ValueError):
     """A file that is not a readable fbpinn results file."""
 
 
+# Temporary files are ``.<final name>.fbpinn-<pid>-<8 random characters>.tmp`` beside the file they
+# become (mkstemp's random part: lower-case letters, digits and "_").  No user names a file so, and
+# clean-up (:func:`remove_temporaries`) removes only names of exactly this form.
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.fbpinn-(?P<pid>\d+)-(?P<random>[a-z0-9_]{8})\.tmp$")
+
+
+def temporary_file(path) -> Path:
+    """Create an empty temporary file for ``path`` in its folder, named by :data:`TEMPORARY`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.fbpinn-{os.getpid()}-", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def remove_temporaries(folder) -> list[Path]:
+    """Delete the temporary files that an interrupted fbpinn write left in ``folder``: regular
+    files (not links or folders) whose names match :data:`TEMPORARY`, nothing else."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.iterdir()):
+        try:
+            if TEMPORARY.match(p.name) and stat.S_ISREG(p.lstat().st_mode):
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:  # gone meanwhile
+            continue
+    return removed
+
+
 def write_atomic(path, fill) -> Path:
-    """Create ``path`` by ``fill(h5py.File)`` on a temporary file renamed into place."""
+    """Create ``path`` by ``fill(h5py.File)`` on a temporary file (:func:`temporary_file`) renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_file(path)
     try:
         with h5py.File(tmp, "w") as f:
             fill(f)

@@ -388,7 +388,8 @@ class Trainer:
                 if checkpoints is not None and (checkpoints.due(step, last) or self.stop_agreed):
                     if not ckpt.all_finite(self):
                         kept = f"; the last good checkpoint is {checkpoints.last}" if checkpoints.last else ""
-                        raise TrainingError(f"parameters are no longer finite after step {step}{kept}")
+                        raise TrainingError(f"parameters or Adam's moments are no longer finite after step {step}; "
+                                            f"no checkpoint written{kept}")
                     checkpoints.save(self, step, hist, run.loss_per_step, elapsed + time.perf_counter() - t0)
                     if self.stop_agreed and not last:
                         raise Stopped(step, tr.steps, _STOP["signal"], checkpoints.last)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tomllib
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +30,54 @@ from .domains import SAMPLERS
 DTYPES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 
+# Bounds beyond which a value cannot be meant (docs/config.md gives each key's range).
+INT64 = (-(2**63), 2**63 - 1)  # every integer key must fit a C int64 ...
+SEED_RANGE = (0, 2**64 - 1)  # ... but the seed, which torch takes as an unsigned 64-bit number
+COUNT_MAX = 10**12  # steps and intervals in steps: 10**12 steps take years
+THREADS_MAX = 4096  # fixed, not a multiple of this node's cores: a config is valid on every node
+KEEP_MAX = 10_000  # checkpoints kept
+WIDTH_MAX = 65_536  # hidden layer width
+DEPTH_MAX = 1024  # hidden layers
+SUBDOMAINS_MAX = 10**8  # subdomains of all levels together
+POINTS_MAX = 10**12  # points of one grid (training or test): over 10 TB of coordinates alone
+LR_MAX = 10.0  # Adam moves every weight by about lr per step; the initial weights are O(1)
+OVERLAP_COVER = 4.0  # a subdomain may be at most this many times as wide as the domain
+
 
 class ConfigError(ValueError):
-    """A bad configuration value; ``key`` is the dotted key at fault."""
+    """A bad configuration value; ``key`` is the dotted key at fault.
 
-    def __init__(self, key: str, message: str):
+    ``where`` names what is at fault, ``config`` or ``environment`` (a variable).  Control
+    characters in the message are escaped, so that it always prints as one line."""
+
+    def __init__(self, key: str, message: str, where: str = "config"):
         self.key = key
-        super().__init__(f"config: {key}: {message}")
+        super().__init__(_printable(f"{where}: {key}: {message}"))
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates written as escapes."""
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
+
+
+def _show(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a huge integer as its number of digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return f"an integer of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _in_range(key: str, value, lo, hi, why: str = "") -> None:
+    """Raise ConfigError unless ``lo <= value <= hi``, naming the key, the value and the range."""
+    if not lo <= value <= hi:
+        why = f" ({why})" if why else ""
+        raise ConfigError(key, f"must lie in {_num(lo)}..{_num(hi)}{why}, got {_show(value)}")
+
+
+def _num(n) -> str:
+    """A bound as a TOML number: big integers with digit groups (``1_000_000``)."""
+    return f"{n:_}" if isinstance(n, int) and abs(n) >= 10**6 else f"{n:g}" if isinstance(n, float) else str(n)
 
 
 @dataclass
@@ -135,9 +178,32 @@ def parse_override(text: str) -> tuple[list[str], object]:
         raise ConfigError(key, "an override key must be section.key")
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    except ValueError:  # not TOML (TOMLDecodeError), or an integer of thousands of digits
         parsed = value.strip()
     return path, parsed
+
+
+def read_toml(path) -> dict:
+    """The TOML file ``path`` as a dict; ConfigError (key ``file``) naming the path when it is
+    missing, a folder, unreadable, not UTF-8 text or not valid TOML."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError("file", f"{str(path)!r} is a folder, not a config file")
+    if not p.exists():
+        raise ConfigError("file", f"no config file {str(path)!r}")
+    if not p.is_file():
+        raise ConfigError("file", f"{str(path)!r} is not a regular file")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except OSError as e:
+        raise ConfigError("file", f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError("file", f"{str(path)!r} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); "
+                          "a config is a TOML text file") from None
+    try:
+        return tomllib.loads(text)
+    except ValueError as e:  # TOMLDecodeError, or an integer too long to convert
+        raise ConfigError("file", f"{path} is not valid TOML: {e}") from None
 
 
 def load_config(path=None, overrides=(), data: dict | None = None) -> Config:
@@ -150,13 +216,7 @@ def load_config(path=None, overrides=(), data: dict | None = None) -> Config:
     data : an already parsed dict, used instead of ``path``.
     """
     if data is None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError("file", f"no config file {str(path)!r}")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("file", f"{path} is not valid TOML: {e}") from None
+        data = read_toml(path)
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
     for text in overrides:
         (section, key), value = parse_override(text)
@@ -218,25 +278,34 @@ def _coerce(value, hint, key):
         if not isinstance(value, list):
             value = [value] if not isinstance(value, (dict, str)) else value
         if not isinstance(value, list):
-            raise ConfigError(key, f"must be a list of {args[0].__name__}, got {value!r}")
+            raise ConfigError(key, f"must be a list of {getattr(args[0], '__name__', args[0])}, got {_show(value)}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(key, f"must be true or false, got {value!r}")
+            raise ConfigError(key, f"must be true or false, got {_show(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"must be an integer, got {value!r}")
+            raise ConfigError(key, f"must be an integer, got {_show(value)}")
+        if key != "training.seed":  # its own range is checked with the others
+            _in_range(key, value, *INT64, "a 64-bit integer")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"must be a number, got {value!r}")
+            raise ConfigError(key, f"must be a number, got {_show(value)}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond the float range
+            value = math.inf
         if not math.isfinite(value):
             raise ConfigError(key, f"must be finite, got {value!r}")
-        return float(value)
+        return value
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string, got {value!r}")
+            raise ConfigError(key, f"must be a string, got {_show(value)}")
+        bad = [c for c in value if unicodedata.category(c) in ("Cc", "Cs")]
+        if bad:
+            raise ConfigError(key, f"must not contain control characters (found {ascii(bad[0])}), got {_show(value)}")
         return value
     raise AssertionError(f"unsupported config type {hint} for {key}")
 
@@ -252,24 +321,41 @@ def _validate(cfg: Config, problem_cls) -> None:
         if len(shape) != dim or any(n < 1 for n in shape):
             raise ConfigError(key, f"must list {dim} positive count(s) per level, one per axis {problem_cls.axes}, "
                               f"got {shape}")
+    _in_range(key, sum(math.prod(shape) for shape in dec.level_shapes()), 1, SUBDOMAINS_MAX,
+              "the number of subdomains, all levels together")
     if any(n > 1 for shape in dec.level_shapes() for n in shape) and dec.overlap <= 1:
         raise ConfigError("decomposition.overlap", f"must exceed 1 so neighbouring subdomains overlap, got {dec.overlap}")
     if dec.overlap < 1:
         raise ConfigError("decomposition.overlap", f"must be >= 1, got {dec.overlap}")
+    # A subdomain is overlap / (n - 1) times as wide as the domain along an axis of n > 1
+    # subdomains (overlap times for n = 1); bound that on the axis with the most of them.
+    n_max = max(n for shape in dec.level_shapes() for n in shape)
+    _in_range("decomposition.overlap", dec.overlap, 1, OVERLAP_COVER * max(1, n_max - 1),
+              f"{OVERLAP_COVER:g} x max(1, n - 1) with n = {n_max} the most subdomains along an axis: beyond it "
+              f"every subdomain is over {OVERLAP_COVER:g} times as wide as the domain")
     if dec.window not in registry.names("window"):
         raise ConfigError("decomposition.window", f"unknown window {dec.window!r}; available: {', '.join(registry.names('window'))}")
     if not net.hidden or any(h < 1 for h in net.hidden):
-        raise ConfigError("network.hidden", f"must list positive layer widths, got {net.hidden}")
+        raise ConfigError("network.hidden", f"must list positive layer widths, got {_show(net.hidden)}")
+    _in_range("network.hidden", len(net.hidden), 1, DEPTH_MAX, "the number of hidden layers")
+    _in_range("network.hidden", max(net.hidden), 1, WIDTH_MAX, "a layer width")
     if net.activation not in ACTIVATIONS:
         raise ConfigError("network.activation", f"unknown activation {net.activation!r}; available: {', '.join(ACTIVATIONS)}")
     for key in ("steps", "decay_steps", "log_every", "eval_every"):
         if getattr(tr, key) < 1:
             raise ConfigError(f"training.{key}", f"must be >= 1, got {getattr(tr, key)}")
+        _in_range(f"training.{key}", getattr(tr, key), 1, COUNT_MAX)
     for key in ("resample_every", "threads"):
         if getattr(tr, key) < 0:
             raise ConfigError(f"training.{key}", f"must be >= 0, got {getattr(tr, key)}")
+    _in_range("training.resample_every", tr.resample_every, 0, COUNT_MAX)
+    _in_range("training.threads", tr.threads, 0, THREADS_MAX, "0: automatic")
+    _in_range("training.seed", tr.seed, *SEED_RANGE, "torch would take a negative seed s as 2**64 + s")
     if not tr.lr > 0:
         raise ConfigError("training.lr", f"must be positive, got {tr.lr}")
+    if tr.lr > LR_MAX:
+        raise ConfigError("training.lr", f"must lie in (0, {LR_MAX:g}] (Adam moves every weight by about lr per "
+                          f"step, and the initial weights are below 1), got {tr.lr}")
     if not 0 < tr.lr_decay <= 1:
         raise ConfigError("training.lr_decay", f"must lie in (0, 1], got {tr.lr_decay}")
     if tr.dtype not in DTYPES:
@@ -279,7 +365,8 @@ def _validate(cfg: Config, problem_cls) -> None:
     if tr.sampler not in SAMPLERS:
         raise ConfigError("training.sampler", f"must be one of {', '.join(SAMPLERS)}, got {tr.sampler!r}")
     if len(tr.points) != dim or any(n < 1 for n in tr.points):
-        raise ConfigError("training.points", f"must list {dim} positive count(s), one per axis {problem_cls.axes}, got {tr.points}")
+        raise ConfigError("training.points", f"must list {dim} positive count(s), one per axis {problem_cls.axes}, got {_show(tr.points)}")
+    _in_range("training.points", math.prod(tr.points), 1, POINTS_MAX, "the product of the counts")
     if tr.resample_every and tr.sampler == "grid":
         raise ConfigError("training.resample_every", "needs a random sampler (uniform or sobol); the grid never changes")
     if any(not 0 <= a < dim for a in cfg.parallel.axes) or len(set(cfg.parallel.axes)) != len(cfg.parallel.axes):
@@ -288,12 +375,37 @@ def _validate(cfg: Config, problem_cls) -> None:
     _validate_schedule(cfg, problem_cls)
     if cfg.checkpoint.every < 0:
         raise ConfigError("checkpoint.every", f"must be >= 0 (0: only at the end and on a stop signal), got {cfg.checkpoint.every}")
+    _in_range("checkpoint.every", cfg.checkpoint.every, 0, COUNT_MAX)
     if cfg.checkpoint.keep < 1:
         raise ConfigError("checkpoint.keep", f"must be >= 1, got {cfg.checkpoint.keep}")
+    _in_range("checkpoint.keep", cfg.checkpoint.keep, 1, KEEP_MAX)
     if not te.points:
         te.points = [{1: 1000, 2: 100, 3: 40}.get(dim, 20)] * dim
     if len(te.points) != dim or any(n < 2 for n in te.points):
-        raise ConfigError("test.points", f"must list {dim} count(s) >= 2, one per axis {problem_cls.axes}, got {te.points}")
+        raise ConfigError("test.points", f"must list {dim} count(s) >= 2, one per axis {problem_cls.axes}, got {_show(te.points)}")
+    _in_range("test.points", math.prod(te.points), 2**dim, POINTS_MAX, "the product of the counts")
+    _validate_derivatives(cfg, problem_cls)
+
+
+def _validate_derivatives(cfg: Config, problem_cls) -> None:
+    """ConfigError unless the model can provide every derivative the problem asks for: those of
+    its residual (``needs``) and of its extra loss terms, which may depend on the parameters."""
+    import torch
+
+    from .derivatives import MAX_ORDER, parse
+
+    problem = problem_cls(cfg.problem, torch.float64)  # cheap: the points come later
+    wanted = [("the residual", n) for n in problem.needs]
+    wanted += [(f"the loss term {t.name!r}", n) for t in problem.terms(torch.Generator().manual_seed(0))
+               for n in t.needs]
+    for where, name in wanted:
+        try:
+            order = len(parse(name, tuple(problem.axes)))
+        except ValueError as e:
+            raise ConfigError("problem.name", f"problem {cfg.problem_name!r}: {where}: {e}") from None
+        if order > MAX_ORDER:
+            raise ConfigError("problem.name", f"problem {cfg.problem_name!r}: {where} needs {name}, a derivative of "
+                              f"order {order}; the model provides derivatives up to order {MAX_ORDER}")
 
 
 def _validate_schedule(cfg: Config, problem_cls) -> None:
@@ -301,6 +413,8 @@ def _validate_schedule(cfg: Config, problem_cls) -> None:
     kinds = registry.names("scheduler")
     if sc.kind not in kinds:
         raise ConfigError("schedule.kind", f"must be one of {', '.join(kinds)}, got {sc.kind!r}")
+    for key in ("slabs", "steps_per_slab"):
+        _in_range(f"schedule.{key}", getattr(sc, key), 0, COUNT_MAX)
     if sc.kind == "all_active":
         return
     axes = tuple(problem_cls.axes)
@@ -321,6 +435,30 @@ def _validate_schedule(cfg: Config, problem_cls) -> None:
                           f"training.steps = {tr.steps}; raise training.steps or lower the steps per slab")
     if t in cfg.parallel.axes:
         raise ConfigError("parallel.axes", f"time_marching splits space only; leave out the time axis {t}")
+
+
+# ----------------------------------------------------------------------------- environment
+def omp_num_threads() -> int | None:
+    """The thread count ``OMP_NUM_THREADS`` asks for, or None when it is unset or empty.
+
+    OpenMP allows a comma-separated list (one count per nesting level); the first is used.
+    Anything but a whole number in 1..THREADS_MAX raises ConfigError naming the variable."""
+    text = os.environ.get("OMP_NUM_THREADS", "")
+    if not text.strip():
+        return None
+    first = text.split(",")[0].strip()
+    if not (first.isascii() and first.isdigit() and len(first) <= 6 and 1 <= int(first) <= THREADS_MAX):
+        raise ConfigError(f"OMP_NUM_THREADS={_show(text)}", f"must be a whole number of threads in 1..{THREADS_MAX} "
+                          "(or a comma-separated list of them, the first of which is used); set it so, or unset it",
+                          where="environment")
+    return int(first)
+
+
+def check_environment() -> None:
+    """Raise ConfigError for an environment variable fbpinn reads that holds nonsense.
+
+    Called by ``fbpinn train`` with the config checks, before anything is created."""
+    omp_num_threads()
 
 
 # ----------------------------------------------------------------------------- output

@@ -159,12 +159,16 @@ def configure_threads(ctx: Context, threads: int) -> int:
     divided by its ranks (all cores for one process).
 
     Also flushes denormal floats to zero: window tails and tiny Adam moments produce them
-    in float32, and arithmetic on them is up to a hundred times slower on x86 CPUs."""
+    in float32, and arithmetic on them is up to a hundred times slower on x86 CPUs.
+    A malformed OMP_NUM_THREADS raises ConfigError (see :func:`fbpinn.config.omp_num_threads`)."""
+    from .config import omp_num_threads
+
     torch.set_flush_denormal(True)
+    omp = omp_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
-    elif os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    elif omp is not None:
+        torch.set_num_threads(omp)
     elif ctx.local_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_size))
     return torch.get_num_threads()

@@ -16,6 +16,14 @@ import torch
 from ..domains import Box
 
 
+# Ranges of problem parameters.  The domains are of unit size: a length, time, speed or
+# coefficient beyond SCALE, or below 1/SCALE, makes float32 products and their squares in
+# the loss overflow or lose all precision.  Loss weights stay below WEIGHT_MAX for the same
+# reason (a weighted squared residual must stay far from float32's 3e38).
+SCALE = 1e6
+WEIGHT_MAX = 1e12
+
+
 @dataclass
 class Params:
     """Keys every problem accepts."""
@@ -27,6 +35,10 @@ class Params:
         """``(key, message)`` for the first bad value, or None.  Subclasses extend it."""
         if self.output_scale is not None and not self.output_scale > 0:
             return "output_scale", f"must be positive, got {self.output_scale}"
+        if self.output_scale is not None:
+            bad = self.first_out_of_range(1 / SCALE, SCALE, "output_scale")
+            if bad:
+                return bad
         if not self.physics and not self.has_data():
             return "physics", "false leaves nothing to fit: this problem has no observations"
         return None
@@ -34,6 +46,16 @@ class Params:
     def has_data(self) -> bool:
         """Whether the problem supplies observations to fit without the physics term."""
         return False
+
+    def first_out_of_range(self, lo, hi, *names):
+        """``(key, message)`` for the first of ``names`` whose value (or any value of its list)
+        lies outside ``[lo, hi]``, or None."""
+        for name in names:
+            value = getattr(self, name)
+            for v in value if isinstance(value, list) else [value]:
+                if not lo <= v <= hi:
+                    return name, f"must lie in [{lo:g}, {hi:g}], got {v}"
+        return None
 
     def first_not_positive(self, *names):
         """``(key, message)`` for the first of ``names`` whose value is not > 0, or None."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..registry import register
-from . import Params, Problem
+from . import SCALE, Params, Problem
 
 
 @dataclass
@@ -36,7 +36,7 @@ class BurgersParams(Params):
             return bad
         if self.nu < 1e-4:
             return "nu", f"must be >= 1e-4 for the reference quadrature to stay accurate, got {self.nu}"
-        return None
+        return self.first_out_of_range(1e-4, SCALE, "nu") or self.first_out_of_range(1 / SCALE, SCALE, "sigma")
 
 
 @register("problem", "burgers")

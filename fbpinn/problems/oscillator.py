@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..registry import register
-from . import Params, Problem, Term
+from . import SCALE, WEIGHT_MAX, Params, Problem, Term
 
 CONSTRAINTS = ("hard", "soft", "none")
+OBSERVATIONS_MAX = 10**7
 
 
 @dataclass
@@ -53,7 +54,10 @@ class OscillatorParams(Params):
             return "constraint", f"must be one of {', '.join(CONSTRAINTS)}"
         if self.m <= 0 or self.k <= 0:
             return "m" if self.m <= 0 else "k", "must be positive"
-        if 4 * self.m * self.k <= self.mu**2:
+        bad = self.first_out_of_range(1 / SCALE, SCALE, "m", "k")
+        if bad:
+            return bad
+        if not self.mu * self.mu < 4 * self.m * self.k:  # (mu**2 overflows with an error for |mu| > 1e154)
             return "mu", "must give an under-damped oscillator (mu^2 < 4 m k)"
         if self.observations < 0:
             return "observations", "must be >= 0"
@@ -69,7 +73,12 @@ class OscillatorParams(Params):
             return "ic_weights", "must hold two weights: for u(0) and for u'(0)"
         if self.learn_mu and self.observations == 0:
             return "observations", "must be > 0 when mu is learned"
-        return None
+        if not self.observations <= OBSERVATIONS_MAX:
+            return "observations", f"must lie in 0..{OBSERVATIONS_MAX}, got {self.observations}"
+        return (self.first_out_of_range(1 / SCALE, SCALE, "sigma")
+                or self.first_out_of_range(-SCALE, SCALE, "mu_init")
+                or self.first_out_of_range(0, SCALE, "noise")
+                or self.first_out_of_range(0, WEIGHT_MAX, "ic_weights", "data_weight"))
 
 
 @register("problem", "harmonic_oscillator")

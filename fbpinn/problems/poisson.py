@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import register
-from . import Params, Problem
+from . import SCALE, Params, Problem
 
 
 @dataclass
@@ -34,7 +34,7 @@ class LaplaceParams(Params):
             return "scales", f"must lie in 1..10, got {self.scales}"
         if not self.sigma > 0:
             return "sigma", f"must be positive, got {self.sigma}"
-        return None
+        return self.first_out_of_range(1 / SCALE, SCALE, "sigma")
 
 
 @register("problem", "laplace2d_multiscale")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..registry import register
-from . import Params, Problem
+from . import SCALE, Params, Problem
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Cos1dParams(Params):
             return bad
         if self.omega <= 0:
             return "omega", "must be positive"
-        return None
+        return self.first_out_of_range(1 / SCALE, SCALE, "omega")
 
 
 @register("problem", "cos1d")

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from ..registry import register
-from . import Params, Problem, Term
+from . import SCALE, WEIGHT_MAX, Params, Problem, Term
 
 
 @dataclass
@@ -74,7 +74,8 @@ class Wave1dParams(Params):
     sigma: float = 0.1  # time over which the ansatz hands over from the initial pulse to the network
 
     def validate(self):
-        bad = super().validate() or self.first_not_positive("c", "width", "t_max", "sigma")
+        bad = (super().validate() or self.first_not_positive("c", "width", "t_max", "sigma")
+               or self.first_out_of_range(1 / SCALE, SCALE, "c", "width", "t_max", "sigma"))
         if bad:
             return bad
         if not -1 + 6 * self.width <= self.x0 <= 1 - 6 * self.width:
@@ -127,6 +128,9 @@ def _default_mixture():
 
 
 VELOCITIES = ("constant", "mixture")
+MIXTURE_MAX = 1000  # bumps of the mixture medium
+BOUNDARY_POINTS_MAX = 100_000  # absorbing-term points per side and along t
+REFERENCE_NODES_MAX = 10**8  # nodes of the finite-difference reference grid: 0.8 GB per array
 ANSATZES = ("pulse", "taylor")
 
 
@@ -159,6 +163,8 @@ class Wave2dParams(Params):
             return "absorbing_order", f"must be 1 or 2, got {self.absorbing_order!r}"
         if len(self.boundary_points) != 2 or min(self.boundary_points) < 2:
             return "boundary_points", f"must be two counts >= 2 (along each side, along t), got {self.boundary_points}"
+        if max(self.boundary_points) > BOUNDARY_POINTS_MAX:
+            return "boundary_points", f"must be two counts in 2..{BOUNDARY_POINTS_MAX}, got {self.boundary_points}"
         if self.velocity not in VELOCITIES:
             return "velocity", f"must be one of {', '.join(VELOCITIES)}, got {self.velocity!r}"
         for k, bump in enumerate(self.mixture):
@@ -168,8 +174,28 @@ class Wave2dParams(Params):
                 return "mixture", f"entry {k}: the width must be positive, got {bump[3]}"
             if not bump[2] > -1:
                 return "mixture", f"entry {k}: an amplitude <= -1 could make the speed vanish, got {bump[2]}"
+            if not (max(abs(v) for v in bump) <= SCALE and bump[3] >= 1 / SCALE):
+                return "mixture", f"entry {k}: every value must lie in [-{SCALE:g}, {SCALE:g}] and the width be >= " \
+                                  f"{1 / SCALE:g}, got {bump!r}"
+        if len(self.mixture) > MIXTURE_MAX:
+            return "mixture", f"must hold at most {MIXTURE_MAX} bumps, got {len(self.mixture)}"
+        if not sum(min(bump[2], 0) for bump in self.mixture) > -1:
+            return "mixture", "the negative amplitudes must sum to more than -1, or the speed could vanish where " \
+                              "the bumps overlap"
         if not (abs(self.x0) < 1 and abs(self.y0) < 1):
             return "x0" if abs(self.x0) >= 1 else "y0", "the pulse centre must lie inside (-1, 1)^2"
+        bad = (self.first_out_of_range(1 / SCALE, SCALE, "c0", "width", "t_max", "sigma", "fade", "reference_h")
+               or self.first_out_of_range(0, WEIGHT_MAX, "absorbing_weight"))
+        if bad:
+            return bad
+        # The finite-difference reference covers [-1 - c_max t_max, 1 + c_max t_max]^2 with a
+        # spacing of at most reference_h (and of at most the test grid's, at most 2).
+        c_max = self.c0 * (1 + sum(max(b[2], 0) for b in self.mixture) if self.velocity == "mixture" else 1)
+        nodes = ((2 + 2 * c_max * self.t_max) / min(self.reference_h, 2.0)) ** 2
+        if nodes > REFERENCE_NODES_MAX:
+            return "reference_h", (f"the finite-difference reference would need at least {nodes:.3g} grid nodes "
+                                   f"(over {8 * nodes / 1e9:.3g} GB per array; the limit is {REFERENCE_NODES_MAX:.0e}): "
+                                   "raise reference_h, or lower t_max or the speed")
         return None
 
 

@@ -32,7 +32,7 @@ def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
 def cmd_train(args) -> int:
     from . import checkpoint as ckpt
     from . import preflight
-    from .config import ConfigError, load_config
+    from .config import ConfigError, check_environment, load_config
     from .io import part_name, write_part, write_results
     from .parallel import select_device
     from .trainer import TrainingError, train
@@ -46,6 +46,7 @@ def cmd_train(args) -> int:
     problem, chosen, state, estimate, replaced = None, None, None, None, []
     try:
         cfg = load_config(args.config, args.set)
+        check_environment()
         out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
         part = out / part_name(out / "run.h5", ctx.rank) if ctx.parallel and cfg.output.per_rank else None
         preflight.check_paths(out, resume=args.resume, overwrite=args.overwrite, part=part)
@@ -141,13 +142,16 @@ def cmd_plot(args) -> int:
 
     for p in args.files:
         read_results(p)  # validates every file before drawing anything
-    if len(args.files) > 1 or args.compare:
-        out = Path(args.compare or Path(args.files[0]).with_name("compare.png"))
-        path = plotting.plot_compare(args.files, out)
+    try:
+        if len(args.files) > 1 or args.compare:
+            out = Path(args.compare or Path(args.files[0]).with_name("compare.png"))
+            written = [plotting.plot_compare(args.files, out)]
+        else:
+            written = plotting.plot_run(args.files[0])
+    except plotting.PlotError as e:
+        raise UsageError(str(e)) from None
+    for path in written:
         logger.info("wrote %s", path)
-    else:
-        for path in plotting.plot_run(args.files[0]):
-            logger.info("wrote %s", path)
     return 0
 
 
@@ -176,7 +180,13 @@ def cmd_info(args) -> int:
 def cmd_merge(args) -> int:
     from .io import merge
 
-    logger.info("wrote %s", merge(args.file, args.output))
+    try:
+        path = merge(args.file, args.output, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise UsageError(f"{e.filename} exists; pass --overwrite to replace it") from None
+    except OSError as e:
+        raise UsageError(f"cannot write {e.filename or args.output}: {e.strerror or e}") from None
+    logger.info("wrote %s", path)
     return 0
 
 
@@ -269,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "into one self-contained file, reading the virtual datasets through.")
     m.add_argument("file", help="run.h5 file written with output.per_rank = true")
     m.add_argument("-o", "--output", metavar="FILE", help="merged file (default: <name>_merged.h5 beside it)")
+    m.add_argument("--overwrite", action="store_true", help="replace the merged file if it exists")
     m.set_defaults(func=cmd_merge)
 
     pr = sub.add_parser("problems", help="list the registered problems", description="List the problems by name.")

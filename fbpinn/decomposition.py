@@ -149,8 +149,9 @@ class Level:
         valid = torch.ones(n, 1, dtype=torch.bool)
         wins = [torch.ones(n, 1, dtype=x.dtype) for _ in orders]
         for d, (idx, ok, w) in enumerate(per_axis):
-            sub = (sub.unsqueeze(2) + idx.unsqueeze(1) * self.strides[d]).reshape(n, -1)
-            valid = (valid.unsqueeze(2) & ok.unsqueeze(1)).reshape(n, -1)
-            wins = [(wk.unsqueeze(2) * w[c[d]].unsqueeze(1)).reshape(n, -1) for wk, c in zip(wins, counts)]
+            m = sub.shape[1] * idx.shape[1]  # explicit: with no points (an empty rank) -1 is ambiguous
+            sub = (sub.unsqueeze(2) + idx.unsqueeze(1) * self.strides[d]).reshape(n, m)
+            valid = (valid.unsqueeze(2) & ok.unsqueeze(1)).reshape(n, m)
+            wins = [(wk.unsqueeze(2) * w[c[d]].unsqueeze(1)).reshape(n, m) for wk, c in zip(wins, counts)]
         point, slot = valid.nonzero(as_tuple=True)
         return point, sub[point, slot], torch.stack([w[point, slot] for w in wins])

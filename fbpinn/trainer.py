@@ -427,6 +427,14 @@ class Trainer:
                          for i, net in enumerate(self.model.nets))
         logger.info("%s %s subdomain(s), %d points, %d (point, subdomain) pairs",
                     "rank 0 holds" if self.ctx.parallel else "holds", held, self.batch.n, pairs)
+        if self.ctx.parallel:  # collective: every rank logs (rank 0 prints) the ranks left without points
+            counts = np.zeros(self.ctx.size)
+            counts[self.ctx.rank] = self.batch.n
+            empty = np.flatnonzero(self.ctx.allreduce(counts) == 0).tolist()
+            if empty:
+                logger.info("rank(s) %s hold no points%s: they wait in every exchange with nothing to "
+                            "compute (fewer ranks or more points balance the work)", ", ".join(map(str, empty)),
+                            " in this stage" if self.schedule.n_stages > 1 else "")
         if self.schedule.n_stages > 1:
             rest = tr.steps - self.schedule.slabs * self.schedule.steps_per_slab
             logger.info("time-marching: %d slabs of %d steps%s; %s", self.schedule.slabs,

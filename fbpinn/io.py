@@ -9,11 +9,14 @@ that the file is an fbpinn results file of a known schema and raises
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
 import tempfile
 import time
+import tomllib
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -60,21 +63,41 @@ def remove_temporaries(folder) -> list[Path]:
     return removed
 
 
-def write_atomic(path, fill) -> Path:
-    """Create ``path`` by ``fill(h5py.File)`` on a temporary file (:func:`temporary_file`) renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_file(path)
+@contextmanager
+def staged():
+    """Write files under temporary names and move them into place together.
+
+    Yields ``stage(path)``, which creates a temporary file for ``path`` (:func:`temporary_file`)
+    and returns its name.  When the block ends normally, every temporary gets the usual
+    permissions (mkstemp makes it private) and replaces its target; when it raises, every
+    temporary is removed and the targets are untouched."""
+    pending = []
+
+    def stage(path) -> Path:
+        tmp = temporary_file(path)
+        pending.append((tmp, Path(path)))
+        return tmp
+
     try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
+        yield stage
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
-        os.replace(tmp, path)
+        for tmp, _ in pending:
+            os.chmod(tmp, 0o666 & ~umask)
+        for tmp, path in pending:
+            os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path, fill) -> Path:
+    """Create ``path`` by ``fill(h5py.File)`` on a temporary file (:func:`staged`) renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with staged() as stage, h5py.File(stage(path), "w") as f:
+        fill(f)
     return path
 
 
@@ -188,83 +211,393 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
 
+# ----------------------------------------------------------------------------- reading
+# What fbpinn info, plot and merge read from a results file, checked against this description
+# before any data is read (:func:`_check_entries`).  Each entry is (where, kind, shape, required):
+# "group@name" is an attribute ("@name" one of the root), "group/name" a dataset; kinds are "str",
+# "int" and "real" (an int or a float); a shape names its dimensions, and one name is one length
+# throughout the file: d axes, E evaluation rows, T loss terms, S steps, J<i> subdomains of level i,
+# n_<axis> test points along an axis, N observations; None: any shape.  An entry that is not
+# required is checked where it is present.  :func:`_layout` adds the entries that depend on the
+# file's axes and levels, :func:`_check_values` what a shape cannot say.
+_ROOT = [
+    ("@schema_version", "int", (), True),
+    ("@fbpinn_version", "str", (), True),
+    ("@problem", "str", (), True),
+    ("@axes", "str", (), True),
+    ("@n_ranks", "int", (), True),
+    ("@config", "str", (), True),
+    ("@start_time", "str", (), True),
+    ("@end_time", "str", (), True),
+    ("@wall_time", "real", (), True),
+]
+_SCHEMA = [
+    ("decomposition@n_levels", "int", (), True),
+    ("decomposition@window", "str", (), True),
+    ("decomposition@overlap", "real", (), True),
+    ("decomposition@domain_lo", "real", ("d",), True),
+    ("decomposition@domain_hi", "real", ("d",), True),
+    ("training/step", "int", ("E",), True),
+    ("training/loss", "real", ("E",), True),
+    ("training/rel_l2", "real", ("E",), True),
+    ("training/time", "real", ("E",), False),
+    ("training/lr", "real", ("E",), False),
+    ("training/stage", "int", ("E",), False),
+    ("training/loss_terms", "real", ("E", "T"), False),
+    ("training/loss_terms@names", "str", (), False),
+    ("training/loss_per_step", "real", ("S",), False),
+    ("solution@target", "str", (), False),
+    ("solution@reference_method", "str", (), False),
+    ("solution@parts", "int", (), False),
+]
+GROUPS = ("decomposition", "training", "solution", "parameters")  # required groups
+MAX_DEPTH = 8  # groups nested deeper than this (fbpinn writes 3) are refused, so that a looped file ends
+# What can go wrong inside h5py, HDF5 and numpy while a damaged file is read; each becomes a ResultsError.
+_DAMAGE = (OSError, KeyError, TypeError, IndexError, ValueError, RuntimeError, ArithmeticError, MemoryError)
+
+
 def read_results(path) -> dict:
     """Read a results file into nested dicts of numpy arrays and attributes.
 
-    Raises :class:`ResultsError` if the file is missing, not HDF5, or not an
-    fbpinn results file of a supported schema version."""
+    Raises :class:`ResultsError`, one line naming the file and the problem, if the file is
+    missing, not HDF5, not an fbpinn results file of a supported schema version, does not hold
+    what the schema above describes (groups, attributes, datasets, their kinds and shapes), holds
+    links to other files (see :func:`_check_objects`), or is damaged in any way HDF5 notices."""
     path = Path(path)
     if not path.is_file():
         raise ResultsError(f"{path}: no such file")
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
-        raise ResultsError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
+    except _DAMAGE as e:
+        raise ResultsError(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
+    with _reading(path), f:
         if f.attrs.get("format") != "fbpinn-results":
             raise ResultsError(f"{path}: not an fbpinn results file (no format='fbpinn-results' attribute)")
-        version = int(f.attrs.get("schema_version", -1))
-        if version != SCHEMA_VERSION:
-            raise ResultsError(f"{path}: schema version {version}; this fbpinn reads version {SCHEMA_VERSION}")
-        for group in ("decomposition", "training", "solution", "parameters"):
-            if group not in f:
+        version = f.attrs.get("schema_version", -1)
+        if not isinstance(version, (int, np.integer)) or version != SCHEMA_VERSION:
+            shown = version if isinstance(version, (int, np.integer)) else repr(_attr(version))
+            raise ResultsError(f"{path}: schema version {shown}; this fbpinn reads version {SCHEMA_VERSION}")
+        _check_objects(f, path, virtual_in="/solution")
+        for group in GROUPS:
+            if not isinstance(f.get(group), h5py.Group):
                 raise ResultsError(f"{path}: missing group /{group}")
-        missing = missing_parts(f, path)
-        if missing:
-            raise ResultsError(f"{path}: its solution is split over per-rank files and these are missing: "
-                               f"{', '.join(missing)}")
-        return _to_dict(f)
+        dims = {}
+        _check_entries(f, path, _ROOT, dims)
+        axes = str(_attr(f.attrs["axes"])).split(",")
+        dims["d"] = (len(axes), "the axes attribute")
+        levels = _levels(f, path)
+        _check_entries(f, path, _SCHEMA + _layout(f, axes, levels), dims)
+        _check_values(f, path, axes, levels, dims)
+        return _to_dict(f, _read_virtual(f, path))
 
 
-def missing_parts(f: h5py.File, path) -> list[str]:
-    """Names of per-rank part files that the virtual solution datasets of ``f`` need but are absent."""
-    names = set()
-    for ds in f["solution"].values():
-        if isinstance(ds, h5py.Dataset) and ds.is_virtual:
-            names.update(s.file_name for s in ds.virtual_sources())
-    return sorted(n for n in names if not (Path(path).parent / n).is_file())
+@contextmanager
+def _reading(path):
+    """Turn what h5py, HDF5 or numpy raise on a damaged ``path`` into one-line ResultsError."""
+    try:
+        yield
+    except ResultsError:
+        raise
+    except _DAMAGE as e:
+        raise ResultsError(f"{path}: damaged or unreadable ({type(e).__name__}: {_one_line(e)})") from None
 
 
-def merge(path, out=None) -> Path:
-    """Copy a results file whose solution is split over per-rank files into one self-contained file."""
-    path = Path(path)
-    read_results(path)  # validates, and checks the part files are there
-    out = Path(out) if out else path.with_name(f"{path.stem}_merged{path.suffix}")
-    if out.resolve() == path.resolve():
-        raise ResultsError(f"{out}: the merged file must differ from its source")
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
-    def copy(dst_group, src_group):
-        for k, v in src_group.attrs.items():
-            dst_group.attrs[k] = v
-        for name, item in src_group.items():
+
+def _check_objects(f: h5py.File, path, virtual_in=None) -> None:
+    """Walk every link of ``f`` without following any, and refuse what fbpinn never writes and
+    what would make HDF5 read another file or loop: external links, soft links, datasets whose
+    data lies in external raw files, virtual datasets anywhere but directly in ``virtual_in``
+    (their sources are checked by :func:`_read_virtual`), names that :func:`_to_dict` reserves,
+    committed datatypes, groups nested deeper than ``MAX_DEPTH``, and datasets that claim more
+    bytes than the file holds (a damaged dataspace)."""
+    size = os.path.getsize(path)
+
+    def walk(group, depth):
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{group.name.rstrip('/')}/{name}"
+            if isinstance(link, h5py.ExternalLink):
+                raise ResultsError(f"{path}: {where} is an external link to {link.filename}:{link.path}; fbpinn "
+                                   "follows no links to other files")
+            if isinstance(link, h5py.SoftLink):
+                raise ResultsError(f"{path}: {where} is a soft link to {link.path}; fbpinn writes none and "
+                                   "follows none")
+            if name == "attrs" or name.endswith(".attrs"):
+                raise ResultsError(f"{path}: {where}: fbpinn writes no object of that name")
+            item = group[name]
             if isinstance(item, h5py.Group):
-                copy(dst_group.create_group(name), item)
-            else:
-                dst_group.create_dataset(name, data=item[()])  # virtual datasets are read through
-                for k, v in item.attrs.items():
-                    dst_group[name].attrs[k] = v
+                if depth >= MAX_DEPTH:
+                    raise ResultsError(f"{path}: {where} is nested deeper than {MAX_DEPTH} groups (a looped file?)")
+                walk(item, depth + 1)
+            elif not isinstance(item, h5py.Dataset):
+                raise ResultsError(f"{path}: {where} is a {type(item).__name__}; fbpinn writes only groups and "
+                                   "datasets")
+            elif item.external:
+                raise ResultsError(f"{path}: {where} keeps its data in the external file(s) "
+                                   f"{', '.join(str(e[0]) for e in item.external)}; fbpinn reads none")
+            elif item.is_virtual:
+                if group.name != virtual_in:
+                    raise ResultsError(f"{path}: {where} is a virtual dataset; fbpinn follows virtual sources only "
+                                       "from /solution of a results file to its part files")
+            elif item.id.get_create_plist().get_nfilters() == 0 and item.nbytes > size:
+                raise ResultsError(f"{path}: {where} claims {item.nbytes} bytes of data, more than the whole file "
+                                   f"({size} bytes)")
 
-    def fill(dst):
-        copy(dst, src)
-        del dst["solution"].attrs["parts"]  # nothing is split any more
-
-    with h5py.File(path, "r") as src:
-        if "parts" not in src["solution"].attrs:
-            raise ResultsError(f"{path}: already self-contained (its solution is not split over per-rank files)")
-        return write_atomic(out, fill)
+    walk(f, 1)
 
 
-def _to_dict(g) -> dict:
+def _levels(f: h5py.File, path) -> int:
+    """The number of decomposition levels: groups level0 .. level<n-1>, n = the n_levels attribute."""
+    dec = f["decomposition"]
+    n = dec.attrs.get("n_levels")
+    if n is None or not isinstance(n, (int, np.integer)):
+        raise ResultsError(f"{path}: attribute n_levels of /decomposition is missing or not an integer")
+    found = sorted(k for k in dec if k.startswith("level"))
+    if int(n) < 1 or found != sorted(f"level{i}" for i in range(int(n))):
+        raise ResultsError(f"{path}: /decomposition has n_levels = {n} and the groups [{', '.join(found)}]; "
+                           "expected level0 .. level<n_levels - 1>, at least one")
+    return int(n)
+
+
+def _layout(f: h5py.File, axes, levels: int) -> list:
+    """Schema entries (as ``_SCHEMA``) that depend on the file's axes, levels and optional groups."""
+    grid = tuple(f"n_{a}" for a in axes)
+    entries = []
+    for i in range(levels):
+        entries += [(f"decomposition/level{i}@shape", "int", ("d",), True),
+                    (f"decomposition/level{i}/centres", "real", (f"J{i}", "d"), True),
+                    (f"decomposition/level{i}/half_widths", "real", (f"J{i}", "d"), True)]
+    entries += [(f"solution/axis_{a}", "real", (f"n_{a}",), True) for a in axes]
+    entries += [("solution/u", "real", grid, True)]
+    entries += [(f"solution/{name}", "real", grid, False) for name in ("exact", "reference", "error")]
+    if "observations" in f:
+        entries += [("observations/x", "real", ("N", "d"), True), ("observations/u", "real", ("N",), True)]
+    if "learned" in f:
+        entries += [(f"learned/{name}", "real", (), True) for name in f["learned"]]
+    for name, level in f["parameters"].items():
+        items = level.items() if isinstance(level, h5py.Group) else [("", level)]
+        entries += [(f"parameters/{name}/{k}".rstrip("/"), "real", None, True) for k, _ in items]
+    return entries
+
+
+def _check_entries(f: h5py.File, path, entries, dims: dict) -> None:
+    """Check ``entries`` (see ``_SCHEMA``) in ``f``; ``dims`` maps a dimension name to (length,
+    where it was first seen) and grows as names are met."""
+    for where, kind, shape, required in entries:
+        group, at, name = where.rpartition("@") if "@" in where else where.rpartition("/")
+        what = f"attribute {name} of /{group}" if at == "@" and group else f"root attribute {name}" if at == "@" \
+            else f"dataset /{where}"
+        holder = f.get(group) if group else f
+        if at == "@":
+            present = holder is not None and name in holder.attrs
+            value = holder.attrs[name] if present else None
+        else:
+            value = holder.get(name) if isinstance(holder, h5py.Group) else None
+            present = value is not None
+        if not present:
+            if required:
+                raise ResultsError(f"{path}: {what} is missing")
+            continue
+        if at != "@" and not isinstance(value, h5py.Dataset):
+            raise ResultsError(f"{path}: {what} is a {type(value).__name__}, not a dataset")
+        got = _kind(value)
+        if got != kind and not (kind == "real" and got == "int"):
+            dtype = value.dtype if isinstance(value, h5py.Dataset) else np.asarray(value).dtype
+            raise ResultsError(f"{path}: {what} holds {got or 'data of type ' + str(dtype)}, expected {kind}")
+        if shape is not None:
+            _check_shape(path, what, np.shape(value) if at == "@" else value.shape, shape, dims)
+
+
+def _kind(value) -> str | None:
+    """"str", "int" or "real" for an attribute value or a dataset, None for anything else."""
+    if isinstance(value, (str, bytes)):
+        if isinstance(value, bytes):
+            value.decode()  # a UnicodeDecodeError is damage
+        return "str"
+    kind = value.dtype.kind if isinstance(value, h5py.Dataset) else np.asarray(value).dtype.kind
+    return {"i": "int", "u": "int", "f": "real"}.get(kind)
+
+
+def _check_shape(path, what, shape, expected, dims: dict) -> None:
+    if len(shape) != len(expected):
+        raise ResultsError(f"{path}: {what} has shape {shape}, expected ({', '.join(expected)})")
+    for n, name in zip(shape, expected):
+        if name not in dims:
+            dims[name] = (n, what)
+        elif dims[name][0] != n:
+            raise ResultsError(f"{path}: {what} has shape {shape}, expected ({', '.join(expected)}) with "
+                               f"{name} = {dims[name][0]} (from {dims[name][1]})")
+
+
+def _check_values(f: h5py.File, path, axes, levels: int, dims: dict) -> None:
+    """What the shapes leave open: axis names, at least one evaluation row, the subdomain counts,
+    the loss term names, the target, and the stored config's test grid."""
+    if len(set(axes)) != len(axes) or not all(a.isidentifier() for a in axes):
+        raise ResultsError(f"{path}: the axes attribute {','.join(axes)!r} is not a list of distinct axis names")
+    if dims["E"][0] < 1:
+        raise ResultsError(f"{path}: /training/step is empty; a finished run has at least one evaluation")
+    for i in range(levels):
+        shape = np.asarray(f[f"decomposition/level{i}"].attrs["shape"])
+        if (shape < 1).any() or int(np.prod(shape)) != dims[f"J{i}"][0]:
+            raise ResultsError(f"{path}: /decomposition/level{i} has the subdomain grid {shape.tolist()} but "
+                               f"{dims[f'J{i}'][0]} centres")
+    tr = f["training"]
+    if "loss_terms" in tr:
+        names = str(_attr(tr["loss_terms"].attrs.get("names", "")))
+        if len(names.split(",")) != dims["T"][0]:
+            raise ResultsError(f"{path}: /training/loss_terms has {dims['T'][0]} column(s) but its names attribute "
+                               f"lists {names!r}")
+    sol = f["solution"]
+    target = sol.attrs.get("target")
+    if target is not None and (_attr(target) not in ("exact", "reference") or _attr(target) not in sol):
+        raise ResultsError(f"{path}: /solution has target = {_attr(target)!r} but no dataset of that name")
+    if "parts" in sol.attrs and int(sol.attrs["parts"]) < 1:
+        raise ResultsError(f"{path}: /solution has parts = {sol.attrs['parts']}; expected at least 1")
+    try:
+        points = tomllib.loads(_attr(f.attrs["config"])).get("test", {}).get("points")
+    except tomllib.TOMLDecodeError:
+        points = None  # an unreadable config is shown as it is (fbpinn info --config) but not used here
+    grid = tuple(dims[f"n_{a}"][0] for a in axes)
+    if points is not None and tuple(np.atleast_1d(np.asarray(points, dtype=object)).tolist()) != grid:
+        raise ResultsError(f"{path}: the test grid of the stored config, test.points = {points}, does not match "
+                           f"the solution's shape {grid}")
+
+
+def _read_virtual(f: h5py.File, path) -> dict:
+    """The virtual datasets of /solution, assembled here from the part files, by name.
+
+    A source is accepted only if it names one of the part files fbpinn writes beside ``path``
+    (:func:`part_name` of rank 0 .. parts - 1, no folder), a dataset of the same name, and a
+    block of the virtual dataset; the part file must be a regular file (not a link) with
+    format = 'fbpinn-part', links to nothing (:func:`_check_objects`) and hold that dataset
+    with the block's shape.  The blocks must cover every point once.  HDF5 itself resolves
+    no virtual source, so no other file is ever opened."""
+    datasets = [ds for ds in f["solution"].values() if isinstance(ds, h5py.Dataset) and ds.is_virtual]
+    if not datasets:
+        return {}
+    allowed = {part_name(path, r): r for r in range(int(f["solution"].attrs.get("parts", 0)))}
+    sources = {ds.name: ds.virtual_sources() for ds in datasets}
+    for name, maps in sources.items():
+        for m in maps:
+            if m.file_name not in allowed:
+                raise ResultsError(f"{path}: {name} is a virtual dataset reading from {m.file_name!r}; fbpinn follows "
+                                   "virtual sources only to the part files it writes beside the file "
+                                   f"({part_name(path, 0)} .. as the parts attribute of /solution counts them)")
+            if m.dset_name.lstrip("/") != name.rsplit("/", 1)[1]:
+                raise ResultsError(f"{path}: {name} reads dataset {m.dset_name!r} of {m.file_name}; expected its "
+                                   "own name")
+    missing = sorted({m.file_name for maps in sources.values() for m in maps
+                      if not (path.parent / m.file_name).is_file()})
+    if missing:
+        raise ResultsError(f"{path}: its solution is split over per-rank files and these are missing: "
+                           f"{', '.join(missing)}")
+    out = {}
+    for name, maps in sources.items():
+        shape = f[name].shape
+        data, covered = np.full(shape, np.nan), np.zeros(shape, dtype=bool)
+        for m in maps:
+            start, end = m.vspace.get_select_bounds()
+            box = tuple(slice(s, e + 1) for s, e in zip(start, end))
+            block = tuple(e - s + 1 for s, e in zip(start, end))
+            if m.vspace.get_select_npoints() != int(np.prod(block)) or covered[box].any():
+                raise ResultsError(f"{path}: {name} maps {m.file_name} onto a region that is not a box of its own")
+            data[box] = _part_block(path.parent / m.file_name, allowed[m.file_name], name.rsplit("/", 1)[1],
+                                    block, tuple(start), path)
+            covered[box] = True
+        if not covered.all():
+            raise ResultsError(f"{path}: the part files cover {int(covered.sum())} of the {covered.size} points "
+                               f"of {name}")
+        out[name] = data
+    return out
+
+
+def _part_block(part: Path, rank: int, name: str, shape, offset, path) -> np.ndarray:
+    """Dataset ``name`` of the part file ``part`` of rank ``rank``, checked to be the block of
+    ``shape`` at ``offset`` that the results file ``path`` maps from it."""
+    if part.is_symlink():
+        raise ResultsError(f"{part}: is a symbolic link; fbpinn reads part files only beside {path.name}")
+    try:
+        f = h5py.File(part, "r")
+    except _DAMAGE as e:
+        raise ResultsError(f"{part}: not a readable HDF5 file ({_one_line(e)}); {path} reads its solution from it") \
+            from None
+    with _reading(part), f:
+        if f.attrs.get("format") != "fbpinn-part":
+            raise ResultsError(f"{part}: not an fbpinn part file (no format='fbpinn-part' attribute); {path} reads "
+                               "its solution from it")
+        _check_objects(f, part)
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset) or _kind(ds) not in ("int", "real") or ds.shape != tuple(shape):
+            got = "missing" if ds is None else \
+                f"{getattr(ds, 'shape', None)} of {getattr(ds, 'dtype', type(ds).__name__)}"
+            raise ResultsError(f"{part}: dataset /{name} is {got}; {path} maps a block of shape {tuple(shape)} "
+                               "of real numbers from it")
+        stored = f.attrs.get("offset")
+        if stored is not None and np.asarray(stored).ravel().tolist() != list(offset):
+            raise ResultsError(f"{part}: offset {np.asarray(stored).tolist()}, but {path} maps it at {list(offset)}")
+        if int(f.attrs.get("rank", rank)) != rank:
+            raise ResultsError(f"{part}: holds rank {f.attrs['rank']}'s block, expected rank {rank}'s")
+        return ds[()]
+
+
+def merge(path, out=None, overwrite: bool = False) -> Path:
+    """Write a results file whose solution is split over per-rank files as one self-contained
+    file (by default ``<name>_merged.h5`` beside it); returns its path.
+
+    The source is read and checked as by :func:`read_results`.  Raises ResultsError for a bad
+    source or an output that is the source or one of its part files, FileExistsError if
+    ``out`` exists and ``overwrite`` is false, OSError naming ``out`` if it cannot be written."""
+    path = Path(path)
+    data = read_results(path)  # validates, and checks the part files
+    if "parts" not in data["solution"]["attrs"]:
+        raise ResultsError(f"{path}: already self-contained (its solution is not split over per-rank files)")
+    out = Path(out) if out else path.with_name(f"{path.stem}_merged{path.suffix}")
+    parts = int(data["solution"]["attrs"].pop("parts"))  # nothing is split any more
+    own = [path] + [path.with_name(part_name(path, r)) for r in range(parts)]
+    if out.resolve() in {p.resolve() for p in own}:
+        raise ResultsError(f"{out}: the merged file must differ from its source and the source's part files")
+    if out.exists() and not overwrite:
+        raise FileExistsError(errno.EEXIST, "exists; merge replaces no file unless told to (--overwrite)", str(out))
+    try:
+        return write_atomic(out, lambda f: _from_dict(f, data))
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror or str(e), str(out)) from None
+
+
+def _to_dict(g, virtual=None) -> dict:
+    """Group ``g`` as nested dicts: "attrs" holds its attributes, each dataset its array (a
+    virtual one the array in ``virtual`` under its full name) and "<name>.attrs" its attributes."""
+    virtual = virtual or {}
     out = {"attrs": {k: _attr(v) for k, v in g.attrs.items()}}
     for name, item in g.items():
         if isinstance(item, h5py.Group):
-            out[name] = _to_dict(item)
+            out[name] = _to_dict(item, virtual)
         else:
-            out[name] = item[()]
+            out[name] = virtual[item.name] if item.is_virtual else item[()]
             if item.attrs:
                 out[name + ".attrs"] = {k: _attr(v) for k, v in item.attrs.items()}
     return out
 
 
+def _from_dict(g, data: dict) -> None:
+    """Write nested dicts laid out as :func:`_to_dict` returns them into group ``g``."""
+    g.attrs.update(data["attrs"])
+    for name, item in data.items():
+        if name == "attrs" or name.endswith(".attrs"):
+            continue
+        if isinstance(item, dict):
+            _from_dict(g.create_group(name), item)
+        else:
+            g[name] = item
+            g[name].attrs.update(data.get(name + ".attrs", {}))
+
+
 def _attr(v):
+    """An attribute's value with strings as str; one that is not valid UTF-8 raises UnicodeError."""
+    if isinstance(v, str):
+        v.encode()  # h5py keeps undecodable bytes as lone surrogates
     return v.decode() if isinstance(v, bytes) else v

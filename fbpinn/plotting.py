@@ -38,12 +38,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.animation import FuncAnimation, PillowWriter  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from .decomposition import Level  # noqa: E402
 from .domains import Box  # noqa: E402
-from .io import ResultsError, read_results  # noqa: E402
+from .io import TEMPORARY, ResultsError, read_results, staged  # noqa: E402
 
 DPI = 120
 N_SLICES = 3  # slices along the last axis drawn in solution.png and error.png of 3-D and higher problems
@@ -53,6 +54,13 @@ N_TIME_MAPS = 4  # times drawn in slices.png with 2 and more space axes
 MAX_FRAMES = 60  # frames of wavefield.gif at most (test times are strided beyond)
 GIF_DPI = 80
 GIF_FPS = 8
+# What drawing raises on data that passed read_results' checks but cannot be drawn (NaN limits, say):
+# reported as a ResultsError naming the file and the figure.
+_BAD_DATA = (ArithmeticError, IndexError, KeyError, TypeError, ValueError, RuntimeError)
+
+
+class PlotError(ValueError):
+    """A figure that cannot be written where it was asked for (an unwritable folder, an unknown format)."""
 
 
 # ----------------------------------------------------------------------------- public
@@ -68,21 +76,32 @@ def plot_run(path) -> list[Path]:
     The written paths: solution, error (only with an exact or reference solution),
     decomposition, training, then slices (space-time problems) and wavefield.gif
     (2 and more space axes + t).
+
+    All figures are drawn to temporary names (:func:`fbpinn.io.staged`) and moved into place
+    only when every one succeeded: a failure leaves the folder as it was.
+
+    Raises
+    ------
+    ResultsError when the file cannot be read or a figure cannot be drawn from its data;
+    PlotError when a figure cannot be written.
     """
     path = Path(path)
     data = read_results(path)
     folder = path.parent
-    written = [_plot_solution(data, folder / "solution.png")]
+    figures = [("solution.png", _plot_solution)]
     if _target(data)[0]:
-        written.append(_plot_error(data, folder / "error.png"))
-    written.append(_plot_decomposition(data, folder / "decomposition.png"))
-    written.append(_plot_training(data, folder / "training.png"))
+        figures.append(("error.png", _plot_error))
+    figures += [("decomposition.png", _plot_decomposition), ("training.png", _plot_training)]
     n_space = _n_space(data)
     if n_space:
-        written.append(_plot_slices(data, folder / "slices.png"))
+        figures.append(("slices.png", _plot_slices))
     if n_space >= 2:
-        written.append(_plot_wavefield(data, folder / "wavefield.gif"))
-    return written
+        figures.append(("wavefield.gif", _plot_wavefield))
+    with _drawing(path, folder), staged() as stage:
+        for name, draw in figures:
+            with _drawing(path, folder / name):
+                draw(data, stage(folder / name))
+    return [folder / name for name, _ in figures]
 
 
 def plot_compare(paths, out) -> Path:
@@ -95,11 +114,13 @@ def plot_compare(paths, out) -> Path:
     Parameters
     ----------
     paths : results files of 1-D problems.
-    out : PNG to write (its folder is created).
+    out : PNG (or another format matplotlib writes, by its suffix) to write; missing folders
+        above it are created, and removed again if the figure fails.
 
     Raises
     ------
-    ValueError (a :class:`fbpinn.io.ResultsError`) when a file's problem is not 1-D.
+    ValueError (a :class:`fbpinn.io.ResultsError`) when a file's problem is not 1-D or a file
+    cannot be read or drawn; PlotError when ``out`` cannot be written.
     """
     runs = [(Path(p), read_results(p)) for p in paths]
     if not runs:
@@ -110,8 +131,17 @@ def plot_compare(paths, out) -> Path:
             raise ResultsError(f"{p}: comparison plots need 1-D problems; problem {data['attrs']['problem']!r} "
                                f"has {len(axes)} axes ({', '.join(axes)})")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _figure(out, figsize=(9, 5)) as (fig, axs):
+    if _format(out) not in FigureCanvasBase.get_supported_filetypes():
+        raise PlotError(f"cannot write {out}: matplotlib writes no .{_format(out)} files; name it .png, .pdf or .svg")
+    with _drawing(", ".join(str(p) for p, _ in runs), out), _new_folders(out.parent), staged() as stage:
+        _plot_comparison(runs, stage(out))
+    return out
+
+
+# ----------------------------------------------------------------------------- figures
+def _plot_comparison(runs, path: Path) -> Path:
+    """The figure of :func:`plot_compare` of ``runs``, (path, data) of 1-D runs."""
+    with _figure(path, figsize=(9, 5)) as (fig, axs):
         ax = axs[0, 0]
         exact = next(((d["solution"][f"axis_{_axis_names(d)[0]}"], _target(d)[1], _target(d)[0])
                       for _, d in runs if _target(d)[0]), None)
@@ -133,10 +163,9 @@ def plot_compare(paths, out) -> Path:
         problems = sorted({d["attrs"]["problem"] for _, d in runs})
         ax.set_title(f"{', '.join(problems)}: {len(runs)} runs compared")
         ax.legend(fontsize=8)
-    return out
+    return path
 
 
-# ----------------------------------------------------------------------------- figures
 def _plot_solution(data, path: Path) -> Path:
     sol, axes = data["solution"], _axis_names(data)
     title = _title(data) + "".join(f", learned {k} = {v:.5g}" for k, v in _learned(data).items())
@@ -328,7 +357,7 @@ def _plot_wavefield(data, path: Path) -> Path:
 
         frame(ks[0])
         _layout(fig, size, suptitle=True)
-        FuncAnimation(fig, frame, frames=ks).save(path, writer=PillowWriter(fps=GIF_FPS), dpi=GIF_DPI)
+        FuncAnimation(fig, frame, frames=ks).save(path, writer=_GifWriter(fps=GIF_FPS), dpi=GIF_DPI)
     finally:
         plt.close(fig)
     return path
@@ -395,9 +424,64 @@ def _figure(path: Path, nrows: int = 1, ncols: int = 1, figsize=(8, 4.5), suptit
         if suptitle:
             fig.suptitle(suptitle, fontsize=11)
         _layout(fig, figsize, bool(suptitle))
-        fig.savefig(path, dpi=DPI)
+        fig.savefig(path, dpi=DPI, format=_format(path))
     finally:
         plt.close(fig)
+
+
+def _format(path) -> str:
+    """The image format of ``path`` by the suffix of its name, or of the name that a temporary
+    file of :func:`fbpinn.io.staged` will get (png when there is none)."""
+    name = Path(path).name
+    match = TEMPORARY.match(name)
+    return Path(match["name"] if match else name).suffix[1:].lower() or "png"
+
+
+class _GifWriter(PillowWriter):
+    """matplotlib's Pillow writer, naming the format to Pillow instead of leaving it to guess
+    from the file name (a temporary one while :func:`plot_run` draws)."""
+
+    def finish(self):
+        self._frames[0].save(self.outfile, format="GIF", save_all=True, append_images=self._frames[1:],
+                             duration=int(1000 / self.fps), loop=0)
+
+
+@contextmanager
+def _drawing(source: str, target: Path):
+    """Errors while drawing ``target`` from the results file(s) ``source``: a failed write becomes
+    PlotError naming ``target``, a failure on the data ResultsError naming both."""
+    try:
+        with np.errstate(all="ignore"):  # garbage data draws garbage or fails below, without numpy's warnings
+            yield
+    except (ResultsError, PlotError):
+        raise
+    except OSError as e:
+        raise PlotError(f"cannot write {target}: {e.strerror or e}") from None
+    except _BAD_DATA as e:
+        lines = str(e).strip().splitlines()
+        raise ResultsError(f"{source}: cannot draw {target.name} from its data ({type(e).__name__}: "
+                           f"{lines[0] if lines else 'no message'})") from None
+
+
+@contextmanager
+def _new_folders(folder: Path):
+    """Create ``folder`` and any missing folders above it; if the block raises, remove again
+    those created here (if still empty)."""
+    created = []
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    try:
+        for f in reversed(created):
+            f.mkdir()
+        yield
+    except BaseException:
+        for f in created:  # deepest first
+            try:
+                f.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def _layout(fig, figsize, suptitle: bool) -> None:

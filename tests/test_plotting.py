@@ -23,7 +23,7 @@ from PIL import Image
 import fbpinn
 from fbpinn import plotting
 from fbpinn.cli import main
-from fbpinn.io import SCHEMA_VERSION
+from fbpinn.io import SCHEMA_VERSION, TEMPORARY
 
 RUN_PNGS = {"solution.png", "error.png", "decomposition.png", "training.png"}
 SPACE_TIME = {1: {"slices.png"}, 2: {"slices.png", "wavefield.gif"}}  # extra files by number of space axes
@@ -89,7 +89,7 @@ def runs(tmp_path_factory):
     no_exact.parent.mkdir()
     shutil.copy(inverse, no_exact)
     with h5py.File(no_exact, "r+") as f:
-        del f["solution/exact"], f["solution/error"]
+        del f["solution/exact"], f["solution/error"], f["solution"].attrs["target"]
         f["training/rel_l2"][...] = np.nan
     return {"data_only": data_only, "inverse": inverse, "no_exact": no_exact}
 
@@ -135,8 +135,9 @@ class _Spy:
         real_save, real_grab = plt.Figure.savefig, PillowWriter.grab_frame
 
         def save(fig, fname, *args, **kwargs):
-            if isinstance(fname, (str, Path)):
-                self.saved[Path(fname).name] = fig
+            if isinstance(fname, (str, Path)):  # by the name it gets, not the temporary one drawn to
+                match = TEMPORARY.match(Path(fname).name)
+                self.saved[match["name"] if match else Path(fname).name] = fig
             return real_save(fig, fname, *args, **kwargs)
 
         def grab(writer, **kwargs):
@@ -239,7 +240,7 @@ def test_wavefield_closes_figure_on_error(tmp_path, monkeypatch):
     def fail(writer):
         raise OSError("disk full")
 
-    monkeypatch.setattr(PillowWriter, "finish", fail)
+    monkeypatch.setattr(plotting._GifWriter, "finish", fail)
     with pytest.raises(OSError, match="disk full"):
         plotting._plot_wavefield(fbpinn.load_results(path), tmp_path / "wavefield.gif")
     assert plt.get_fignums() == []

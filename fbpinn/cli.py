@@ -31,7 +31,7 @@ def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
 
 def cmd_train(args) -> int:
     from . import checkpoint as ckpt
-    from . import preflight
+    from . import preflight, signals
     from .config import ConfigError, check_environment, load_config
     from .io import part_name, write_part, write_results
     from .parallel import select_device
@@ -45,6 +45,12 @@ def cmd_train(args) -> int:
     # it passes.  Rank 0 chooses the checkpoint to resume from.
     problem, chosen, state, estimate, replaced = None, None, None, None, []
     try:
+        try:
+            timeout = signals.stop_timeout()
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if ctx.parallel:  # from here on a stop request cannot leave this rank waiting for a dead peer
+            signals.watch(ctx.comm.Abort, f"{ctx.rank}/{ctx.size}", timeout)
         cfg = load_config(args.config, args.set)
         check_environment()
         out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
@@ -291,10 +297,15 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train":
-        from .trainer import stop_signals
+        # Before torch and the rest of fbpinn are imported (fbpinn.signals imports nothing slow):
+        # from here on, SIGTERM and SIGUSR1 stop training with a checkpoint, even during start-up.
+        from . import signals
 
-        with stop_signals():  # from here on, SIGTERM and SIGUSR1 stop training with a checkpoint
-            return _run(args)
+        with signals.stop_signals():
+            status = _run(args)
+            if getattr(args, "ctx", None) is not None and args.ctx.parallel:
+                signals.exiting()  # a launcher's SIGTERM while this rank exits must not change its status
+            return status
     return _run(args)
 
 

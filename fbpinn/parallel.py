@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .domains import Box
+from .signals import collective
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,8 @@ class Context:
         from mpi4py import MPI
 
         out = np.empty_like(array)
-        self.comm.Allreduce(np.ascontiguousarray(array), out, op=MPI.SUM)
+        with collective():
+            self.comm.Allreduce(np.ascontiguousarray(array), out, op=MPI.SUM)
         return out
 
     def allreduce_grads(self, tensors) -> None:
@@ -107,21 +109,30 @@ class Context:
 
     def gather(self, obj):
         """``comm.gather`` to rank 0 (a list there, None elsewhere)."""
-        return self.comm.gather(obj, root=0) if self.parallel else [obj]
+        if not self.parallel:
+            return [obj]
+        with collective():
+            return self.comm.gather(obj, root=0)
 
     def first_error(self, message):
         """Agree on errors found before training: every rank passes its message (or None)
         and every rank gets the first one raised anywhere (or None), so that all stop together."""
         if not self.parallel:
             return message
-        return next((m for m in self.comm.allgather(message) if m is not None), None)
+        with collective():
+            messages = self.comm.allgather(message)
+        return next((m for m in messages if m is not None), None)
 
     def bcast(self, obj):
-        return self.comm.bcast(obj, root=0) if self.parallel else obj
+        if not self.parallel:
+            return obj
+        with collective():
+            return self.comm.bcast(obj, root=0)
 
     def barrier(self) -> None:
         if self.parallel:
-            self.comm.Barrier()
+            with collective():
+                self.comm.Barrier()
 
     def abort(self, message: str, code: int = 1) -> None:
         """Print ``message`` tagged with this rank and end every rank of the job."""
@@ -339,7 +350,8 @@ class HaloExchange:
         reqs = [self.ctx.comm.Irecv(buf, source=r, tag=tag) for r, buf in recv_bufs.items()]
         send_bufs = {q: self._pack(tensors, s) for q, s in outgoing.items()}
         reqs += [self.ctx.comm.Isend(buf, dest=q, tag=tag) for q, buf in send_bufs.items()]
-        MPI.Request.Waitall(reqs)
+        with collective():
+            MPI.Request.Waitall(reqs)
         for r, buf in recv_bufs.items():
             self._unpack(buf, tensors, incoming[r], add)
         return sum(b.nbytes for b in send_bufs.values())

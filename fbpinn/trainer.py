@@ -33,6 +33,7 @@ from .model import FBPINN
 from .optim import Adam
 from .parallel import Context, Distribution, configure_threads as parallel_threads, select_device
 from .problems import Derivs, Term
+from .signals import received, stop_signals
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +256,7 @@ class Trainer:
         self.optimizer.step()
         t4 = time.perf_counter()
         # The terms summed over ranks, and whether any rank was asked to stop (one reduction for both).
-        summed = self.ctx.allreduce(np.append(parts.detach().double().cpu().numpy(), float(_STOP["signal"] > 0)))
+        summed = self.ctx.allreduce(np.append(parts.detach().double().cpu().numpy(), float(received() > 0)))
         parts, self.stop_agreed = summed[:-1], bool(summed[-1] > 0)
         self.comm_seconds += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
         return float(parts.sum()), parts, lr
@@ -392,7 +393,10 @@ class Trainer:
                                             f"no checkpoint written{kept}")
                     checkpoints.save(self, step, hist, run.loss_per_step, elapsed + time.perf_counter() - t0)
                     if self.stop_agreed and not last:
-                        raise Stopped(step, tr.steps, _STOP["signal"], checkpoints.last)
+                        # No rank exits before rank 0 has written the checkpoint: srun --kill-on-bad-exit
+                        # ends the whole step when the first task exits with status 75.
+                        self.ctx.barrier()
+                        raise Stopped(step, tr.steps, received(), checkpoints.last)
         run.wall_time = elapsed + time.perf_counter() - t0
         if self.ctx.parallel and first <= tr.steps:
             logger.info("communication: %.1f%% of the training time, %.0f bytes sent per step by rank 0",
@@ -451,40 +455,6 @@ class Stopped(Exception):
         self.step, self.steps, self.path = step, steps, path
         self.signal = signal.Signals(signum).name if signum else "a signal to another rank"
         super().__init__(f"stopped at step {step} of {steps} on {self.signal}; checkpoint {path}")
-
-
-_STOP = {"signal": 0, "depth": 0}  # the stop signal received (0: none) while stop_signals() is active
-
-
-def _on_stop_signal(signum, frame) -> None:
-    _STOP["signal"] = signum
-
-
-@contextlib.contextmanager
-def stop_signals():
-    """Within the block, SIGTERM and SIGUSR1 do not end the process but ask training to stop:
-    all ranks agree at the next step, write a checkpoint and raise :class:`Stopped`.  The CLI
-    enters it before building the run, so that a signal during start-up is kept too.  Nested
-    uses share the outer one; outside the main thread it does nothing."""
-    import signal
-
-    saved = {}
-    if _STOP["depth"] == 0:
-        _STOP["signal"] = 0
-        for name in ("SIGTERM", "SIGUSR1"):
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                try:
-                    saved[sig] = signal.signal(sig, _on_stop_signal)
-                except ValueError:  # not the main thread
-                    pass
-    _STOP["depth"] += 1
-    try:
-        yield
-    finally:
-        _STOP["depth"] -= 1
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def _hms(seconds: float) -> str:

@@ -3,7 +3,9 @@
 Every command has ``--help``.  Bad input (config, results file, argument) prints
 one line ``fbpinn: error: ...`` and exits with status 2; a run that fails while
 training exits with status 1; a run stopped by SIGTERM or SIGUSR1 writes a checkpoint
-and exits with status 75.  No results file is written unless training finished.
+and exits with status 75 (under MPI, a rank that cannot reach the others after the signal
+aborts the job with status 124: :mod:`fbpinn.signals`).  No results file is written unless
+training finished.
 """
 
 from __future__ import annotations

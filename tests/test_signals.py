@@ -130,6 +130,7 @@ def test_rank_waiting_for_a_frozen_peer_aborts_after_the_stop_timeout(tmp_path, 
         _wait_for_training(proc)
         pids = [int((tmp_path / f"pid{r}").read_text()) for r in range(2)]
         os.kill(pids[1], signal.SIGSTOP)
+        time.sleep(1.0)  # rank 0 is blocked in the next exchange, where Python runs no signal handler
         os.kill(pids[0], signal.SIGTERM)
         proc.wait(timeout=90)  # a hang guard only: the abort comes about 4 s after the signal
         stderr = proc.stderr.read()

@@ -95,8 +95,11 @@ def test_malformed_stop_timeout_is_an_error(tmp_path, monkeypatch, capsys):
     assert signals.stop_timeout({"FBPINN_STOP_TIMEOUT": " 2.5 "}) == 2.5
 
 
-def _mpi_run(tmp_path, cfg, ranks: int, steps: int):
-    """``fbpinn train`` on ``ranks`` ranks under mpiexec; each rank writes its pid to tmp_path/pid<rank>."""
+def _training_ranks(tmp_path, ranks: int = 2):
+    """``fbpinn train`` of a run that would not end by itself on ``ranks`` ranks under mpiexec,
+    once it trains: (the mpiexec process, the ranks' pids)."""
+    cfg = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "log_every": 10}, "checkpoint": {"every": 0}},
+                     tmp_path / "c.toml")
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys
@@ -104,9 +107,15 @@ def _mpi_run(tmp_path, cfg, ranks: int, steps: int):
         from mpi4py import MPI
         from fbpinn.cli import main
         Path({str(tmp_path)!r}, f"pid{{MPI.COMM_WORLD.Get_rank()}}").write_text(str(os.getpid()))
-        sys.exit(main(["train", {str(cfg)!r}, "--out", {str(tmp_path / 'r')!r}, "--set", "training.steps={steps}"]))
+        sys.exit(main(["train", {str(cfg)!r}, "--out", {str(tmp_path / 'r')!r}, "--set", "training.steps=10000000"]))
     """))
-    return _train_process(None, None, command=[MPIEXEC, "-n", str(ranks), sys.executable, str(script)])
+    proc = _train_process(None, None, command=[MPIEXEC, "-n", str(ranks), sys.executable, str(script)])
+    try:
+        _wait_for_training(proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, [int((tmp_path / f"pid{r}").read_text()) for r in range(ranks)]
 
 
 def _signal_quietly(pid: int, sig) -> None:
@@ -122,13 +131,8 @@ def test_rank_waiting_for_a_frozen_peer_aborts_after_the_stop_timeout(tmp_path, 
     # next exchange, and after FBPINN_STOP_TIMEOUT seconds it aborts the whole job instead of
     # waiting forever.  No checkpoint is written (the ranks never agreed on a stop).
     monkeypatch.setenv("FBPINN_STOP_TIMEOUT", "3")
-    cfg = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "log_every": 10}, "checkpoint": {"every": 0}},
-                     tmp_path / "c.toml")
-    proc = _mpi_run(tmp_path, cfg, 2, 10**7)
-    pids = []
+    proc, pids = _training_ranks(tmp_path)
     try:
-        _wait_for_training(proc)
-        pids = [int((tmp_path / f"pid{r}").read_text()) for r in range(2)]
         os.kill(pids[1], signal.SIGSTOP)
         time.sleep(1.0)  # rank 0 is blocked in the next exchange, where Python runs no signal handler
         os.kill(pids[0], signal.SIGTERM)
@@ -180,3 +184,32 @@ def test_batch_scripts_never_evaluate_their_variables(tmp_path, script):
     assert proc.returncode == 2
     assert f"{script}: $SLURM_NO_SUCH in FBPINN_LAUNCH or FBPINN is not set in this job" in proc.stderr
     assert not (tmp_path / "args").exists()
+
+
+@needs_mpi
+def test_killed_rank_ends_the_mpiexec_job(tmp_path):
+    # mpiexec (MPICH's hydra) ends the whole job when one rank dies; the other rank is not
+    # left waiting for it (the batch scripts' srun does the same with --kill-on-bad-exit).
+    proc, pids = _training_ranks(tmp_path)
+    try:
+        os.kill(pids[1], signal.SIGKILL)
+        proc.wait(timeout=60)  # a hang guard only: hydra ends the job at once
+        deadline = time.time() + 30
+        while _alive(pids[0]) and time.time() < deadline:
+            time.sleep(0.1)
+        survived = _alive(pids[0])
+    finally:
+        for pid in pids:
+            _signal_quietly(pid, signal.SIGKILL)
+        proc.kill()
+    assert proc.returncode not in (0, EXIT_STOPPED)
+    assert not survived
+    assert not (tmp_path / "r" / "run.h5").exists()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process (not a zombie) with this pid exists."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

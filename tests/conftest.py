@@ -1,9 +1,17 @@
 """Shared helpers for the tests."""
 
+import os
+
 import pytest
 import torch
 
 import fbpinn
+
+# Every MPI job of the tests runs on this one machine.  MPICH's UCX transport now and then fails
+# to start a job in its address exchange ("failed to unpack address, invalid bandwidth 0.00");
+# these jobs need shared memory alone, so UCX is given no other transport to exchange.  The
+# launched processes inherit this.
+os.environ.setdefault("UCX_TLS", "self,sm")
 
 
 def make_config(problem: dict, subdomains, hidden=(16,), steps=100, points=None, **training):

@@ -7,11 +7,12 @@ import torch
 
 import fbpinn
 
-# Every MPI job of the tests runs on this one machine.  MPICH's UCX transport now and then fails
-# to start a job in its address exchange ("failed to unpack address, invalid bandwidth 0.00");
-# these jobs need shared memory alone, so UCX is given no other transport to exchange.  The
-# launched processes inherit this.
-os.environ.setdefault("UCX_TLS", "self,sm")
+# Every MPI job of the tests runs on this one machine.  With all of UCX's transports, MPICH
+# fails to start about one job in seven under the local Slurm's srun, in UCX's address exchange
+# ("failed to unpack address, invalid bandwidth 0.00", or "Message truncated"); with the
+# transports one machine needs, none of 28 did (shared memory alone does not start under srun).
+# The launched processes inherit this.
+os.environ.setdefault("UCX_TLS", "sm,self,tcp")
 
 
 def make_config(problem: dict, subdomains, hidden=(16,), steps=100, points=None, **training):

@@ -11,6 +11,7 @@ training finished.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -31,21 +32,31 @@ def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
                         stream=sys.stdout, force=True)
 
 
-def cmd_train(args) -> int:
+@dataclasses.dataclass
+class _Plan:
+    """What the pre-flight of ``fbpinn train`` decided, the same on every rank."""
+
+    cfg: object
+    out: Path
+    estimate: object  # this rank's preflight.MemoryEstimate
+    chosen: str | None = None  # checkpoint to resume from
+    state: dict | None = None  # its verified contents (read by every rank)
+    replaced: list = dataclasses.field(default_factory=list)  # (step, path) of checkpoints --overwrite removes
+
+
+def _preflight(args, ctx) -> _Plan:
+    """Every rank checks the config, the environment, the paths it will write, its device and
+    its memory, and all ranks agree on the first error found anywhere (a config file missing
+    on one node, an unwritable folder, too little memory), so that all stop together instead
+    of some waiting for the others forever.  Nothing is created.  Rank 0 chooses the
+    checkpoint to resume from; every rank verifies it."""
     from . import checkpoint as ckpt
     from . import preflight, signals
     from .config import ConfigError, check_environment, load_config
-    from .io import part_name, write_part, write_results
+    from .io import part_name
     from .parallel import select_device
-    from .trainer import TrainingError, train
 
-    ctx = args.ctx
-    # The pre-flight: every rank checks the config, the paths it will write, its device and
-    # its memory, and all ranks agree on the first error found anywhere (a config file
-    # missing on one node, an unwritable folder, too little memory), so that all stop
-    # together instead of some waiting for the others forever.  Nothing is created before
-    # it passes.  Rank 0 chooses the checkpoint to resume from.
-    problem, chosen, state, estimate, replaced = None, None, None, None, []
+    plan, problem = None, None
     try:
         try:
             timeout = signals.stop_timeout()
@@ -58,15 +69,15 @@ def cmd_train(args) -> int:
         out = Path(args.out or cfg.output.dir or Path("results") / Path(args.config).stem)
         part = out / part_name(out / "run.h5", ctx.rank) if ctx.parallel and cfg.output.per_rank else None
         preflight.check_paths(out, resume=args.resume, overwrite=args.overwrite, part=part)
-        estimate = preflight.check_memory(cfg, ctx, select_device(ctx, cfg.training.device))
-        folder = out / "checkpoints"
+        plan = _Plan(cfg, out, preflight.check_memory(cfg, ctx, select_device(ctx, cfg.training.device)))
         if ctx.rank == 0:
+            folder = out / "checkpoints"
             # --overwrite without --resume starts over: the replaced run's checkpoints go too, so
             # that a later --resume cannot pick up one of them.
-            replaced = ckpt.listing(folder) if args.overwrite and not args.resume else []
-            if not replaced:
-                chosen, state = _choose_checkpoint(folder, cfg, args.resume)
-            if chosen is None and (out / "run.h5").is_file() and not args.overwrite:
+            plan.replaced = ckpt.listing(folder) if args.overwrite and not args.resume else []
+            if not plan.replaced:
+                plan.chosen, plan.state = _choose_checkpoint(folder, cfg, args.resume)
+            if plan.chosen is None and (out / "run.h5").is_file() and not args.overwrite:
                 raise UsageError(f"{out / 'run.h5'} holds a finished run and {folder} no checkpoint to go on "
                                  "from; train into another --out folder, or pass --overwrite to replace it")
     except (ConfigError, UsageError, ckpt.CheckpointError, preflight.PreflightError) as e:
@@ -74,37 +85,49 @@ def cmd_train(args) -> int:
     problem = ctx.first_error(problem)
     if problem:
         raise AgreedError(problem)
-    chosen = ctx.bcast(chosen)
-    if chosen is not None and ctx.parallel:
+    plan.chosen = ctx.bcast(plan.chosen)
+    if plan.chosen is not None and ctx.parallel:
         # The other ranks read the checkpoint themselves and verify it too; all agree on any failure.
-        digest = ctx.bcast(state["digest"] if ctx.rank == 0 else None)
+        digest = ctx.bcast(plan.state["digest"] if ctx.rank == 0 else None)
         if ctx.rank != 0:
             try:
-                state = ckpt.read(chosen)
-                if state["digest"] != digest:
-                    problem = f"{chosen} changed while it was read (its state checksum differs on rank {ctx.rank})"
+                plan.state = ckpt.read(plan.chosen)
+                if plan.state["digest"] != digest:
+                    problem = (f"{plan.chosen} changed while it was read (its state checksum differs on rank "
+                               f"{ctx.rank})")
             except ckpt.CheckpointError as e:
                 problem = f"rank {ctx.rank} could not use the checkpoint rank 0 verified: {e}"
         problem = ctx.first_error(problem)
         if problem:
             raise AgreedError(problem)
+    return plan
+
+
+def cmd_train(args) -> int:
+    from . import checkpoint as ckpt
+    from . import preflight
+    from .io import write_part, write_results
+    from .trainer import TrainingError, train
+
+    ctx = args.ctx
+    plan = _preflight(args, ctx)
+    cfg, out, estimate = plan.cfg, plan.out, plan.estimate
+    folder = out / "checkpoints"
     with preflight.ResultsFolder(out, create=ctx.rank == 0):
         if ctx.rank == 0:
             for leftover in ckpt.remove_leftovers(out) + ckpt.remove_leftovers(folder):
                 logger.info("removed %s, left by an interrupted write", leftover)
-            for _, old in replaced:
+            for _, old in plan.replaced:
                 old.unlink(missing_ok=True)
                 logger.info("removed %s of the run that --overwrite replaces", old)
         ctx.barrier()  # the folder exists before any rank goes on
         checkpoints = ckpt.Checkpoints(folder, cfg.checkpoint.every, cfg.checkpoint.keep)
-        resume = None
-        if chosen is not None:
-            resume = state  # verified on every rank
-            checkpoints.last = Path(chosen)
+        if plan.chosen is not None:
+            checkpoints.last = Path(plan.chosen)
         logger.info("config %s -> %s", args.config, out / "run.h5")
         logger.debug("memory estimate for rank %d: %s", ctx.rank, estimate.text())
         try:
-            run = train(cfg, ctx, checkpoints, resume)
+            run = train(cfg, ctx, checkpoints, plan.state)
         except (MemoryError, torch_out_of_memory()) as e:
             raise OutOfMemory(f"ran out of memory ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                               f"the estimate was {estimate.text()}; lower training.points or the network's size, "

@@ -1,18 +1,9 @@
 """Shared helpers for the tests."""
 
-import os
-
 import pytest
 import torch
 
 import fbpinn
-
-# Every MPI job of the tests runs on this one machine.  There MPICH's UCX network module fails
-# to start a job now and then, in UCX's address exchange ("failed to unpack address, invalid
-# bandwidth 0.00", or "Message truncated"): 4 of 44 srun start-ups on the local Slurm, more on a
-# busy machine.  Its libfabric module started all of 48, idle and busy.  The launched processes
-# (mpiexec, srun, sbatch jobs) inherit this.
-os.environ.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
 
 
 def make_config(problem: dict, subdomains, hidden=(16,), steps=100, points=None, **training):

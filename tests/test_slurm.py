@@ -30,8 +30,30 @@ pytestmark = pytest.mark.skipif(not START.is_file() or os.geteuid() != 0,
                                 reason="needs root and the local Slurm tools in ../shared/tools")
 
 
+def stale_mpich_segments() -> list[Path]:
+    """MPICH's shared-memory segments in /dev/shm that no process has open or mapped.
+
+    A rank killed outright (as several tests do) leaves its segment behind.  The local Slurm
+    numbers jobs from 1 again each time it starts, and a new job step whose segment name
+    matches a stale one attaches to it: MPI_Init then fails ("invalid bandwidth 0.00",
+    "Message truncated") or hangs."""
+    held = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            held.update(line.split()[-1] for line in (proc / "maps").read_text().splitlines()
+                        if "/dev/shm/mpich_shm_" in line)
+            held.update(os.readlink(fd) for fd in (proc / "fd").iterdir())
+        except OSError:  # the process ended, or is not ours to read
+            continue
+    return [p for p in Path("/dev/shm").glob("mpich_shm_*") if str(p) not in held]
+
+
 @pytest.fixture(scope="module")
 def slurm():
+    for segment in stale_mpich_segments():
+        segment.unlink(missing_ok=True)
     proc = subprocess.run(["bash", str(START)], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.fail(f"could not start the local Slurm:\n{proc.stderr[-2000:]}")

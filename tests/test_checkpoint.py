@@ -151,6 +151,29 @@ def _wait_for_training(proc, timeout=90):
     raise AssertionError("no progress line in time")
 
 
+def _training_ranks(tmp_path, ranks: int = 2, steps: int = 10_000_000):
+    """``fbpinn train`` of a run that would not end by itself on ``ranks`` ranks under mpiexec,
+    once it trains: (the mpiexec process, the ranks' pids)."""
+    cfg = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "log_every": 10}, "checkpoint": {"every": 0}},
+                     tmp_path / "c.toml")
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        from mpi4py import MPI
+        from fbpinn.cli import main
+        Path({str(tmp_path)!r}, f"pid{{MPI.COMM_WORLD.Get_rank()}}").write_text(str(os.getpid()))
+        sys.exit(main(["train", {str(cfg)!r}, "--out", {str(tmp_path / 'r')!r}, "--set", "training.steps={steps}"]))
+    """))
+    proc = _train_process(None, None, command=[MPIEXEC, "-n", str(ranks), sys.executable, str(script)])
+    try:
+        _wait_for_training(proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, [int((tmp_path / f"pid{r}").read_text()) for r in range(ranks)]
+
+
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGUSR1"])
 def test_stop_signal_checkpoints_and_resume_equals_uninterrupted(tmp_path, signame):
     cfg = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "log_every": 10}, "checkpoint": {"every": 0}},
@@ -233,21 +256,10 @@ def test_mpi_resume_on_other_rank_counts(tmp_path):
 
 @needs_mpi
 def test_mpi_stop_signal_to_one_rank_stops_all(tmp_path):
-    cfg = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "log_every": 10}, "checkpoint": {"every": 0}},
-                     tmp_path / "c.toml")
-    script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys
-        from pathlib import Path
-        from mpi4py import MPI
-        from fbpinn.cli import main
-        Path({str(tmp_path)!r}, f"pid{{MPI.COMM_WORLD.Get_rank()}}").write_text(str(os.getpid()))
-        sys.exit(main(["train", {str(cfg)!r}, "--out", {str(tmp_path / 'r')!r}, "--set", "training.steps=1000000"]))
-    """))
-    proc = _train_process(None, None, command=[MPIEXEC, "-n", "2", sys.executable, str(script)])
+    proc, pids = _training_ranks(tmp_path, steps=1000000)
+    cfg = tmp_path / "c.toml"  # the config _training_ranks wrote
     try:
-        _wait_for_training(proc)
-        os.kill(int((tmp_path / "pid1").read_text()), signal.SIGUSR1)
+        os.kill(pids[1], signal.SIGUSR1)
         proc.wait(timeout=60)
         stderr = proc.stderr.read()
     finally:

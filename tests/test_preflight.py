@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from fbpinn import preflight
 from fbpinn.cli import main
@@ -101,11 +102,8 @@ def test_nan_stop_before_the_first_checkpoint_leaves_no_folder(tmp_path, cfg, ca
     assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: training.device = 'cuda' is valid here")
 def test_device_error_leaves_no_folder(tmp_path, cfg, capsys):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is visible: training.device = 'cuda' is valid here")
     refused(["train", cfg, "--out", str(tmp_path / "out"), "--set", "training.device=\"cuda\""], capsys,
             "training.device")
     assert not (tmp_path / "out").exists()

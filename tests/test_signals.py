@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import pytest
 from fbpinn import checkpoint as ckpt
 from fbpinn import signals
 from fbpinn.cli import EXIT_STOPPED, main
-from test_checkpoint import _train_process, _wait_for_training
-from test_parallel import LAPLACE, MPIEXEC, needs_mpi, write_toml
+from test_checkpoint import _training_ranks
+from test_parallel import LAPLACE, needs_mpi, write_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,29 +92,6 @@ def test_malformed_stop_timeout_is_an_error(tmp_path, monkeypatch, capsys):
         assert not (tmp_path / "r").exists()
     assert signals.stop_timeout({}) == 60.0
     assert signals.stop_timeout({"FBPINN_STOP_TIMEOUT": " 2.5 "}) == 2.5
-
-
-def _training_ranks(tmp_path, ranks: int = 2):
-    """``fbpinn train`` of a run that would not end by itself on ``ranks`` ranks under mpiexec,
-    once it trains: (the mpiexec process, the ranks' pids)."""
-    cfg = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "log_every": 10}, "checkpoint": {"every": 0}},
-                     tmp_path / "c.toml")
-    script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
-        import os, sys
-        from pathlib import Path
-        from mpi4py import MPI
-        from fbpinn.cli import main
-        Path({str(tmp_path)!r}, f"pid{{MPI.COMM_WORLD.Get_rank()}}").write_text(str(os.getpid()))
-        sys.exit(main(["train", {str(cfg)!r}, "--out", {str(tmp_path / 'r')!r}, "--set", "training.steps=10000000"]))
-    """))
-    proc = _train_process(None, None, command=[MPIEXEC, "-n", str(ranks), sys.executable, str(script)])
-    try:
-        _wait_for_training(proc)
-    except BaseException:
-        proc.kill()
-        raise
-    return proc, [int((tmp_path / f"pid{r}").read_text()) for r in range(ranks)]
 
 
 def _signal_quietly(pid: int, sig) -> None:

@@ -209,7 +209,9 @@ def test_srun_without_mpi_plugin_is_refused(slurm, tmp_path):
 def test_sweep_array_over_set_values(slurm, tmp_path):
     cfg = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "steps": 20}}, tmp_path / "c.toml")
     env = {**job_env(tmp_path), "FBPINN_OUT": str(tmp_path / "sweep")}
-    proc = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--time=1", f"--output={tmp_path}/s-%A_%a.out",
+    # A limit far beyond the run: sweep.sbatch asks for SIGUSR1 180 s ahead of it, which with a
+    # shorter limit would come at once and stop the runs after their first step.
+    proc = subprocess.run(["sbatch", "--parsable", "--array=0-1", "--time=10", f"--output={tmp_path}/s-%A_%a.out",
                            str(ROOT / "slurm" / "sweep.sbatch"), str(cfg), "--", "training.lr=1e-3",
                            "training.lr=1e-2"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -34,7 +34,7 @@ import torch
 
 from . import __version__
 from .config import load_config, to_dict, to_toml
-from .io import remove_temporaries, write_atomic
+from .io import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,6 @@ def listing(folder) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := NAME.match(p.name))]
     return sorted(found, reverse=True)
-
-
-def remove_leftovers(folder) -> list[Path]:
-    """Delete the temporary files that a killed fbpinn write left in ``folder`` (only names of
-    :data:`fbpinn.io.TEMPORARY`'s form; never complete files, nor anything a user named)."""
-    return remove_temporaries(folder)
 
 
 # ----------------------------------------------------------------------------- state

@@ -11,6 +11,7 @@ training finished.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -104,17 +105,17 @@ def _preflight(args, ctx) -> _Plan:
 
 def cmd_train(args) -> int:
     from . import checkpoint as ckpt
-    from . import preflight
-    from .io import write_part, write_results
+    from .io import new_folders, remove_temporaries, write_part, write_results
     from .trainer import TrainingError, train
 
     ctx = args.ctx
     plan = _preflight(args, ctx)
     cfg, out, estimate = plan.cfg, plan.out, plan.estimate
     folder = out / "checkpoints"
-    with preflight.ResultsFolder(out, create=ctx.rank == 0):
+    creating = new_folders(out, inner=("checkpoints",)) if ctx.rank == 0 else contextlib.nullcontext()
+    with creating:  # a run that ends before writing anything leaves no folder behind
         if ctx.rank == 0:
-            for leftover in ckpt.remove_leftovers(out) + ckpt.remove_leftovers(folder):
+            for leftover in remove_temporaries(out) + remove_temporaries(folder):
                 logger.info("removed %s, left by an interrupted write", leftover)
             for _, old in plan.replaced:
                 old.unlink(missing_ok=True)

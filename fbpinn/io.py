@@ -46,6 +46,31 @@ def temporary_file(path) -> Path:
     return Path(tmp)
 
 
+@contextmanager
+def new_folders(folder, inner=()):
+    """Create ``folder`` and any missing folders above it; if the block raises, remove again,
+    deepest first, those created here that are still empty -- first the subfolders ``inner``
+    of ``folder`` that the block may have made, when ``folder`` itself was created here."""
+    folder = Path(folder)
+    created = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        for p in reversed(created):
+            p.mkdir()
+        yield
+    except BaseException:
+        removable = [folder / name for name in inner] if folder in created else []
+        for p in removable + created:  # deepest first
+            try:
+                p.rmdir()
+            except OSError:  # not empty (or gone): keep it
+                pass
+        raise
+
+
 def remove_temporaries(folder) -> list[Path]:
     """Delete the temporary files that an interrupted fbpinn write left in ``folder``: regular
     files (not links or folders) whose names match :data:`TEMPORARY`, nothing else."""

@@ -44,7 +44,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from .decomposition import Level  # noqa: E402
 from .domains import Box  # noqa: E402
-from .io import TEMPORARY, ResultsError, read_results, staged  # noqa: E402
+from .io import TEMPORARY, ResultsError, new_folders, read_results, staged  # noqa: E402
 
 DPI = 120
 N_SLICES = 3  # slices along the last axis drawn in solution.png and error.png of 3-D and higher problems
@@ -133,7 +133,7 @@ def plot_compare(paths, out) -> Path:
     out = Path(out)
     if _format(out) not in FigureCanvasBase.get_supported_filetypes():
         raise PlotError(f"cannot write {out}: matplotlib writes no .{_format(out)} files; name it .png, .pdf or .svg")
-    with _drawing(", ".join(str(p) for p, _ in runs), out), _new_folders(out.parent), staged() as stage:
+    with _drawing(", ".join(str(p) for p, _ in runs), out), new_folders(out.parent), staged() as stage:
         _plot_comparison(runs, stage(out))
     return out
 
@@ -461,27 +461,6 @@ def _drawing(source: str, target: Path):
         lines = str(e).strip().splitlines()
         raise ResultsError(f"{source}: cannot draw {target.name} from its data ({type(e).__name__}: "
                            f"{lines[0] if lines else 'no message'})") from None
-
-
-@contextmanager
-def _new_folders(folder: Path):
-    """Create ``folder`` and any missing folders above it; if the block raises, remove again
-    those created here (if still empty)."""
-    created = []
-    while not folder.exists() and folder != folder.parent:
-        created.append(folder)
-        folder = folder.parent
-    try:
-        for f in reversed(created):
-            f.mkdir()
-        yield
-    except BaseException:
-        for f in created:  # deepest first
-            try:
-                f.rmdir()
-            except OSError:
-                pass
-        raise
 
 
 def _layout(fig, figsize, suptitle: bool) -> None:

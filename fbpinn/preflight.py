@@ -13,8 +13,8 @@ to change:
   (:func:`available_memory`).
 
 The CLI agrees on the outcome over all ranks (``Context.first_error``) and only then lets
-rank 0 create the folder (:class:`ResultsFolder`), which removes what it created again if
-the run ends without leaving anything in it.
+rank 0 create the folder (:func:`fbpinn.io.new_folders`), which removes what it created
+again if the run ends without leaving anything in it.
 """
 
 from __future__ import annotations
@@ -79,48 +79,6 @@ def check_paths(out: Path, *, resume: bool, overwrite: bool, part: Path | None =
     if part is not None and (part.is_symlink() or (part.exists() and not part.is_file())):
         raise PreflightError(f"{part} exists and is not a plain file: this rank's part of the solution could "
                              "not be written there; remove it or train into another --out folder")
-
-
-class ResultsFolder:
-    """Creates the results folder (and missing parents) on entry; on an exception, removes
-    again whatever it created that is still empty (``checkpoints/`` included), so a run that
-    stops before writing anything leaves nothing behind."""
-
-    def __init__(self, out: Path, create: bool = True):
-        self.out = Path(out)
-        self.create = create
-        self.created: list[Path] = []
-
-    def __enter__(self) -> "ResultsFolder":
-        if self.create:
-            missing = []
-            p = self.out
-            while not p.exists() and p != p.parent:
-                missing.append(p)
-                p = p.parent
-            for p in reversed(missing):
-                p.mkdir()
-                self.created.append(p)
-        return self
-
-    def __exit__(self, kind, value, tb) -> bool:
-        if kind is not None and self.created:
-            self.remove_if_empty()
-        return False
-
-    def remove_if_empty(self) -> None:
-        """Remove ``checkpoints/`` if empty, then the folders this object created, deepest first,
-        as long as each is empty."""
-        if self.out in self.created:
-            try:
-                (self.out / "checkpoints").rmdir()
-            except OSError:
-                pass
-        for p in reversed(self.created):
-            try:
-                p.rmdir()
-            except OSError:  # not empty (or gone): keep it and its parents
-                return
 
 
 # ----------------------------------------------------------------------------- memory

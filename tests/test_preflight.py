@@ -13,6 +13,7 @@ import torch
 from fbpinn import preflight
 from fbpinn.cli import main
 from fbpinn.config import load_config
+from fbpinn.io import new_folders
 from fbpinn.parallel import Context
 from conftest import blow_up_at
 from test_parallel import COS1D, mpirun, needs_mpi, write_toml
@@ -199,16 +200,16 @@ def test_part_path_blocked_on_one_rank_stops_every_rank_before_anything_is_made(
 def test_results_folder_keeps_what_holds_files(tmp_path):
     out = tmp_path / "x" / "y"
     with pytest.raises(RuntimeError):
-        with preflight.ResultsFolder(out):
+        with new_folders(out, inner=("checkpoints",)):
             (out / "checkpoints").mkdir()
             (out / "checkpoints" / "step_000000001.h5").write_bytes(b"kept")
             raise RuntimeError("stop")
     assert (out / "checkpoints" / "step_000000001.h5").read_bytes() == b"kept"
     with pytest.raises(RuntimeError):
-        with preflight.ResultsFolder(tmp_path / "p" / "q"):
+        with new_folders(tmp_path / "p" / "q", inner=("checkpoints",)):
             raise RuntimeError("stop")
     assert not (tmp_path / "p").exists()
-    with preflight.ResultsFolder(tmp_path / "r"):  # success keeps the (empty) folder
+    with new_folders(tmp_path / "r"):  # success keeps the (empty) folder
         pass
     assert (tmp_path / "r").is_dir()
     assert os.listdir(tmp_path / "r") == []

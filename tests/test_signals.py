@@ -58,10 +58,11 @@ def _catches_sigterm(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 @pytest.mark.parametrize("delay", [0.0, 0.1, 0.3, 1.0])
 def test_sigterm_during_start_up_stops_after_step_one(tmp_path, delay):
-    # The handler is in place as soon as the command line is parsed, while torch is still
-    # being imported (it takes a second or more): a SIGTERM from then on is kept, and the run
-    # stops after its first step with a checkpoint, status 75; never status 143.
-    cfg = write_toml({**LAPLACE, "checkpoint": {"every": 0}}, tmp_path / "c.toml")
+    # The handler is in place as soon as the command line is parsed, before torch is imported:
+    # a SIGTERM from then on is kept, and a run signalled while it starts up stops after its
+    # first step with a checkpoint, status 75; never status 143.
+    cfg = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "steps": 100000}, "checkpoint": {"every": 0}},
+                     tmp_path / "c.toml")  # a run that cannot end before the signal
     out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "fbpinn", "train", str(cfg), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -71,13 +72,18 @@ def test_sigterm_during_start_up_stops_after_step_one(tmp_path, delay):
             assert proc.poll() is None and time.time() < deadline, "no SIGTERM handler installed"
             time.sleep(0.002)
         time.sleep(delay)
+        # Whether torch is loaded yet tells, whatever the machine's speed, that the signal came
+        # during start-up; with no delay it always does (the handler comes before torch).
+        starting = "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text()
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    assert starting or delay > 0
     assert proc.returncode == EXIT_STOPPED, stderr
-    assert "fbpinn: stopped at step 1 of 100 on SIGTERM; checkpoint" in stderr
-    assert [s for s, _ in ckpt.listing(out / "checkpoints")] == [1]
+    stopped = [s for s, _ in ckpt.listing(out / "checkpoints")]
+    assert len(stopped) == 1 and (stopped[0] == 1 or not starting), (starting, stopped)
+    assert f"fbpinn: stopped at step {stopped[0]} of 100000 on SIGTERM; checkpoint" in stderr
     assert not (out / "run.h5").exists()
 
 

@@ -103,7 +103,10 @@ class Level:
         """Normalised 1-D windows of axis ``d`` at the candidate subdomains.
 
         Returns ``idx`` (N, m), ``valid`` (N, m) and a list of ``order + 1`` tensors
-        (N, m): the normalised window and its x-derivatives.
+        (N, m): the normalised window and its x-derivatives.  The quotient
+        ``w = phi / s`` (``s`` the sum over the candidates) has the derivatives
+        ``w^(n) = (phi^(n) - sum_{k=1..n} C(n, k) s^(k) w^(n-k)) / s``, written out up to
+        order two; ``phi^(k)`` carries the chain factor ``1 / h^k``.
         """
         axis = self.axes[d]
         idx, valid = axis.candidates(x)
@@ -112,6 +115,8 @@ class Level:
             return idx, valid, [ones] + [torch.zeros_like(ones)] * order
         c = axis.centres.to(x.dtype)[idx]
         z = (x.unsqueeze(1) - c) / axis.half_width  # (N, m)
+        if order > 2:
+            return idx, valid, self._normalised_windows(self.window.derivatives(z, order), valid, axis)
         phi, p1, p2 = self.window(z)
         if axis.limit < axis.n:  # switched-off centres (``valid`` is False there) leave the sums
             on = valid.to(x.dtype)
@@ -125,6 +130,23 @@ class Level:
         if order >= 2:
             w.append(p2 / s - 2 * p1 * s1 / s**2 - phi * s2 / s**2 + 2 * phi * s1**2 / s**3)
         return idx, valid, w
+
+    @staticmethod
+    def _normalised_windows(p: list, valid: torch.Tensor, axis: Axis) -> list:
+        """``w = phi / sum(phi)`` and its x-derivatives to any order from the z-derivatives
+        ``p`` (N, m) of the windows at the candidates, by the Leibniz recurrence."""
+        if axis.limit < axis.n:  # switched-off centres (``valid`` is False there) leave the sums
+            on = valid.to(p[0].dtype)
+            p = [q * on for q in p]
+        inv_h = 1.0 / axis.half_width
+        p = [q * inv_h**k for k, q in enumerate(p)]
+        s = [q.sum(1, keepdim=True) for q in p]
+        w = []
+        for n, q in enumerate(p):
+            for k in range(1, n + 1):
+                q = q - math.comb(n, k) * s[k] * w[n - k]
+            w.append(q / s[0])
+        return w
 
     def pairs(self, x: torch.Tensor, orders):
         """All (point, subdomain) pairs with ``x`` inside the subdomain's support.

@@ -9,8 +9,24 @@ orders the product rule needs.
 The fast path (:func:`mlp_taylor`) carries the value and all requested derivatives
 of every hidden layer forward together, so a whole step needs one batched matmul
 per layer and one backward pass.  :func:`autograd_derivatives` is the slow nested
-reverse-mode reference the tests compare it with.  Orders up to two are supported
-by the fast path.
+reverse-mode reference the tests compare it with.
+
+Orders up to :data:`MAX_ORDER` are supported.  Closures of order at most two take
+the original loop (one product for the first and two for the second derivatives per
+layer).  Higher orders take the general Taylor mode: the activation's derivatives
+are combined by Faa di Bruno's formula, ``d^o y = sum_pi sigma^(|pi|)(a)
+prod_{B in pi} d^{o_B} a`` over the set partitions ``pi`` of the positions of the
+multi-index ``o``, with identical terms grouped under integer coefficients into
+index tables built once per closure (:class:`FaaDiBruno`).
+
+Cost of the general path: a closure with K entries multiplies the work of a layer
+by K (as at order two); the activation step adds one gather and product per
+partition term.  The number of terms grows like the Bell numbers of the order
+(1, 2, 5, 15, 52, 203 set partitions for orders 1 to 6, fewer after grouping
+repeated axes).  Counting the value as an entry: ``u_xxxx`` needs 5 entries and 11
+grouped terms, every derivative to order 4 in 2-D 15 entries and 55 terms, to
+order 6 28 entries and 274 terms (order two: 6 entries, 8 terms).  Order 6 is the
+limit (:data:`MAX_ORDER`); the index tables are built once per closure.
 """
 
 from __future__ import annotations
@@ -19,7 +35,7 @@ import itertools
 
 import torch
 
-MAX_ORDER = 2
+MAX_ORDER = 6  # highest derivative order the forward-mode path provides (cost: see above)
 
 
 def parse(name: str, axes: tuple[str, ...]) -> tuple[int, ...]:
@@ -42,7 +58,8 @@ def closure(orders) -> list[tuple[int, ...]]:
     for o in orders:
         o = tuple(sorted(o))
         if len(o) > MAX_ORDER:
-            raise ValueError(f"derivative of order {len(o)} requested; the fast path supports order <= {MAX_ORDER}")
+            raise ValueError(f"derivative of order {len(o)} requested; the forward-mode path provides "
+                             f"orders up to MAX_ORDER = {MAX_ORDER}")
         for r in range(len(o) + 1):
             out.update(itertools.combinations(o, r))
     return sorted(out, key=lambda o: (len(o), o))
@@ -84,7 +101,8 @@ class ProductRule:
 
 
 class Activation:
-    """An activation with its first two derivatives: ``__call__(a) -> (y, y', y'')``."""
+    """An activation with its derivatives: ``__call__(a) -> (y, y', y'')`` (the order-two path)
+    and :meth:`derivatives` for any order."""
 
     def __init__(self, name: str):
         if name not in ACTIVATIONS:
@@ -106,6 +124,56 @@ class Activation:
             return a * cdf, cdf + a * pdf, (2 - a * a) * pdf
         raise AssertionError(self.name)
 
+    def derivatives(self, a, n: int) -> list:
+        """``[y, y', ..., y^(n)]`` at ``a``: the first three as :meth:`__call__` gives them, then
+
+        - tanh: ``y^(k) = P_k(y)`` with ``P_0(y) = y``, ``P_{k+1} = P_k'(y) (1 - y^2)``;
+        - sin: the cycle sin, cos, -sin, -cos;
+        - gelu, ``y = a Phi(a)``: ``y^(k) = a phi^(k-1)(a) + k phi^(k-2)(a)`` with the Gaussian
+          density's derivatives ``phi^(m) = (-1)^m He_m(a) phi`` (probabilists' Hermite polynomials).
+        """
+        out = list(self(a))[:n + 1]
+        if n <= 2:
+            return out
+        if self.name == "tanh":
+            polys = ode_polynomials([1, 0, -1], n)
+            return out + [evaluate_polynomial(polys[k], out[0]) for k in range(3, n + 1)]
+        if self.name == "sin":
+            cycle = (out[0], out[1], -out[0], -out[1])
+            return out + [cycle[k % 4] for k in range(3, n + 1)]
+        if self.name == "gelu":
+            pdf = torch.exp(-0.5 * a * a) * 0.3989422804014327
+            he = [torch.ones_like(a), a]  # He_0, He_1, ... up to He_{n-1}
+            for m in range(1, n - 1):
+                he.append(a * he[m] - m * he[m - 1])
+            dpdf = [(-1) ** m * h * pdf for m, h in enumerate(he)]  # phi^(m)
+            return out + [a * dpdf[k - 1] + k * dpdf[k - 2] for k in range(3, n + 1)]
+        raise AssertionError(self.name)
+
+
+def ode_polynomials(q: list, n: int) -> list:
+    """Integer coefficients (lowest power first) of ``P_0 .. P_n`` with ``f^(k) = P_k(f)`` for a
+    function with ``f' = q(f)``, ``q`` a polynomial: ``P_0(y) = y``, ``P_{k+1} = P_k' q``.
+
+    ``q = [1, 0, -1]`` gives tanh's derivatives, ``q = [0, 1, -1]`` the logistic sigmoid's."""
+    polys = [[0, 1]]
+    for _ in range(n):
+        dp = [i * c for i, c in enumerate(polys[-1])][1:] or [0]
+        prod = [0] * (len(dp) + len(q) - 1)
+        for i, c in enumerate(dp):
+            for j, e in enumerate(q):
+                prod[i + j] += c * e
+        polys.append(prod)
+    return polys
+
+
+def evaluate_polynomial(coeffs: list, y: torch.Tensor) -> torch.Tensor:
+    """``sum_i coeffs[i] y^i`` by Horner's rule."""
+    out = torch.full_like(y, float(coeffs[-1]))
+    for c in reversed(coeffs[:-1]):
+        out = out * y + c
+    return out
+
 
 ACTIVATIONS = {"tanh": torch.tanh, "sin": torch.sin, "gelu": torch.nn.functional.gelu}
 
@@ -115,12 +183,17 @@ class TaylorTables:
 
     ``orders`` is a closure; first-order entries sit at ``first`` and every second-order
     entry ``(d, e)`` at ``second`` with its first-order parts at ``second_a``/``second_b``.
+    A closure of order three or more is handled by the general tables ``general``
+    (a :class:`FaaDiBruno`; None up to order two).
     """
 
     def __init__(self, orders):
         pos = {o: k for k, o in enumerate(orders)}
         assert orders[0] == ()
         self.n = len(orders)
+        self.general = FaaDiBruno(orders) if max(len(o) for o in orders) > 2 else None
+        if self.general is not None:
+            return
         self.first = [pos[o] for o in orders if len(o) == 1]
         seconds = [o for o in orders if len(o) == 2]
         self.second = [pos[o] for o in seconds]
@@ -132,6 +205,64 @@ class TaylorTables:
         # Contiguous index lists become slices: views instead of gathers (and faster compiled kernels).
         self.first, self.second, self.second_a, self.second_b = (
             _as_slice(i) for i in (self.first, self.second, self.second_a, self.second_b))
+
+
+class FaaDiBruno:
+    """Index tables of Faa di Bruno's formula for a closure ``orders`` of any order.
+
+    For an entry ``o`` (a multi-index of order n) of the activation's output,
+    ``d^o sigma(a) = sum_pi sigma^(|pi|)(a) prod_{B in pi} d^{o_B} a`` over the set
+    partitions ``pi`` of the n positions of ``o`` (a repeated axis counts once per
+    position).  Partitions that give the same multiset of sub-multi-indices are one
+    term with an integer coefficient.  ``terms[r]`` (for ``r`` = 2 .. max order; the
+    ``r = 1`` term of every entry is ``sigma' d^o a``) holds, per term, the entries
+    multiplied (T, r), the coefficient (T,) and the entry it adds to minus one (T,),
+    as lists; :meth:`tensors` gives them on a device.
+    """
+
+    def __init__(self, orders):
+        pos = {o: k for k, o in enumerate(orders)}
+        self.n = len(orders)
+        self.max_order = max(len(o) for o in orders)
+        grouped = {}  # (r, out entry, sorted factor entries) -> number of partitions
+        for k, o in enumerate(orders):
+            for partition in set_partitions(list(range(len(o)))):
+                if len(partition) < 2:
+                    continue
+                factors = tuple(sorted(pos[tuple(sorted(o[i] for i in block))] for block in partition))
+                key = (len(partition), k, factors)
+                grouped[key] = grouped.get(key, 0) + 1
+        self.terms = {}
+        for (r, k, factors), count in sorted(grouped.items()):
+            index, coef, out = self.terms.setdefault(r, ([], [], []))
+            index.append(list(factors))
+            coef.append(count)
+            out.append(k - 1)
+        self._cache = {}
+
+    def tensors(self, device, dtype) -> dict:
+        """``terms`` as tensors: r -> (index (T, r) long, coefficients (T,) or None where all
+        are one, out (T,) long); built once per device and dtype."""
+        key = (str(device), dtype)
+        if key not in self._cache:
+            self._cache[key] = {
+                r: (torch.tensor(index, device=device),
+                    None if set(coef) == {1} else torch.tensor(coef, dtype=dtype, device=device),
+                    torch.tensor(out, device=device))
+                for r, (index, coef, out) in self.terms.items()}
+        return self._cache[key]
+
+
+def set_partitions(items: list):
+    """All partitions of the list ``items`` into non-empty blocks (lists), each once."""
+    if not items:
+        yield []
+        return
+    first, rest = items[0], items[1:]
+    for p in set_partitions(rest):
+        yield [[first]] + p
+        for i in range(len(p)):
+            yield p[:i] + [[first] + p[i]] + p[i + 1:]
 
 
 def _as_slice(index: list):
@@ -156,6 +287,8 @@ def mlp_taylor(weights, biases, t_in: torch.Tensor, tables: TaylorTables, activa
     -------
     (J, K, M, n_out) network output and its derivatives.
     """
+    if tables.general is not None:
+        return _mlp_taylor_general(weights, biases, t_in, tables.general, activation)
     j, k, m, _ = t_in.shape
     t = t_in
     last = len(weights) - 1
@@ -175,6 +308,31 @@ def mlp_taylor(weights, biases, t_in: torch.Tensor, tables: TaylorTables, activa
             parts.append(d1.unsqueeze(1) * t[:, tables.second]
                          + d2.unsqueeze(1) * t[:, tables.second_a] * t[:, tables.second_b])
         t = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    return t
+
+
+def _mlp_taylor_general(weights, biases, t_in: torch.Tensor, jet: FaaDiBruno, activation: Activation):
+    """:func:`mlp_taylor` for closures of any order: the activation step is Faa di Bruno's
+    formula, one batched gather and product per factor and one scatter-add per number of
+    blocks ``r``, then a product with ``sigma^(r)``."""
+    t = t_in
+    last = len(weights) - 1
+    for layer, (w, b) in enumerate(zip(weights, biases)):
+        t = _layer(t, w)  # (J, K, M, out)
+        t = torch.cat([t[:, :1] + b, t[:, 1:]], dim=1)
+        if layer == last:
+            break
+        ds = activation.derivatives(t[:, 0], jet.max_order)  # (J, M, H) each
+        rest = t[:, 1:]  # (J, K-1, M, H)
+        acc = ds[1].unsqueeze(1) * rest
+        for r, (index, coef, out) in jet.tensors(t.device, t.dtype).items():
+            g = t[:, index[:, 0]]
+            for i in range(1, r):
+                g = g * t[:, index[:, i]]  # (J, T, M, H)
+            if coef is not None:
+                g = g * coef[:, None, None]
+            acc = acc + ds[r].unsqueeze(1) * torch.zeros_like(acc).index_add(1, out, g)
+        t = torch.cat([ds[0].unsqueeze(1), acc], dim=1)
     return t
 
 

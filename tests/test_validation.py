@@ -280,15 +280,15 @@ def test_configure_threads_refuses_garbage(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- derivatives
-class ThirdOrder(Problem):
-    """u_xxx = 0: asks for a derivative the model does not provide."""
+class SeventhOrder(Problem):
+    """u_xxxxxxx = 0: asks for a derivative beyond the highest order the model provides (6)."""
 
     axes = ("x",)
-    needs = ("u", "u_xxx")
+    needs = ("u", "u_xxxxxxx")
 
 
-class ThirdOrderTerm(Problem):
-    """A residual of order 1, but an extra term of order 3."""
+class SeventhOrderTerm(Problem):
+    """A residual of order 1, but an extra term of order 7."""
 
     axes = ("x", "t")
     needs = ("u_t",)
@@ -297,7 +297,7 @@ class ThirdOrderTerm(Problem):
         from fbpinn.problems import Term
         import torch
 
-        return [Term("edge", torch.zeros(1, 2), ("u_xxt",), lambda x, d: d["u_xxt"])]
+        return [Term("edge", torch.zeros(1, 2), ("u_xxxxxxt",), lambda x, d: d["u_xxxxxxt"])]
 
 
 class BadAxis(Problem):
@@ -308,10 +308,10 @@ class BadAxis(Problem):
 
 
 @pytest.mark.parametrize("cls,name,message", [
-    (ThirdOrder, "third_order", "problem 'third_order': the residual needs u_xxx, a derivative of order 3; "
-                                "the model provides derivatives up to order 2"),
-    (ThirdOrderTerm, "third_order_term", "problem 'third_order_term': the loss term 'edge' needs u_xxt, a "
-                                         "derivative of order 3"),
+    (SeventhOrder, "seventh_order", "problem 'seventh_order': the residual needs u_xxxxxxx, a derivative of "
+                                    "order 7; the model provides derivatives up to order 6"),
+    (SeventhOrderTerm, "seventh_order_term", "problem 'seventh_order_term': the loss term 'edge' needs "
+                                             "u_xxxxxxt, a derivative of order 7"),
     (BadAxis, "bad_axis", "problem 'bad_axis': the residual: derivative 'u_y' names an axis not in ('x',)"),
 ])
 def test_derivatives_the_model_cannot_provide_exit_2(tmp_path, capsys, monkeypatch, cls, name, message):
@@ -324,7 +324,7 @@ def test_derivatives_the_model_cannot_provide_exit_2(tmp_path, capsys, monkeypat
 
 
 def test_temporary_problems_are_gone():
-    assert not {"third_order", "third_order_term", "bad_axis"} & set(registry.names("problem"))
+    assert not {"seventh_order", "seventh_order_term", "bad_axis"} & set(registry.names("problem"))
 
 
 # ----------------------------------------------------------------------------- problem parameters

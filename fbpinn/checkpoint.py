@@ -3,7 +3,8 @@
 A checkpoint holds, assembled from all ranks into full stacked arrays: the parameters
 of every level, Adam's moments and step counts, the problem's learned constants and
 their optimiser state, the sampler's random state, the step, and the training history
-so far.  Nothing in it depends on how many ranks wrote it, so a run may resume on any
+so far; for a problem from a config's ``problem.module``, that module's path and the SHA-256
+of its source, which a resumed run compares with its own (:func:`check_compatible`).  Nothing in it depends on how many ranks wrote it, so a run may resume on any
 number of ranks.  Files are ``<results folder>/checkpoints/step_<step>.h5``, written
 under a temporary name and renamed (:func:`fbpinn.io.write_atomic`); the newest
 ``checkpoint.keep`` are kept.  Layout: docs/hdf5.md.  No pickle: arrays and attributes only.
@@ -42,6 +43,7 @@ FORMAT = "fbpinn-checkpoint"
 VERSION = 2  # 2: SHA-256 of every dataset (attribute "sha256") and of the state (root "state_sha256")
 NAME = re.compile(r"^step_(\d+)\.h5$")
 HISTORY = ("step", "loss", "loss_terms", "rel_l2", "time", "lr", "stage")
+MODULE_ATTRIBUTES = ("problem_module", "problem_module_sha256")  # root attributes of a run with problem.module
 # Config keys a resumed run may change; every other key must equal the checkpoint's.
 MAY_CHANGE = {"training.steps", "training.threads", "training.device", "training.compile", "training.log_every",
               "output.dir", "output.per_rank", "checkpoint.every", "checkpoint.keep"}
@@ -106,7 +108,8 @@ def collect(trainer, step: int, history: dict, loss_per_step, wall_time: float) 
             "sampler_state": trainer.sample_state.numpy(), "torch_state": torch.get_rng_state().numpy(),
             "history": {k: list(v) for k, v in history.items()}, "loss_per_step": list(loss_per_step),
             "wall_time": wall_time, "n_ranks": trainer.ctx.size, "config": to_toml(trainer.cfg),
-            "term_names": [t.name for t in trainer.terms]}
+            "term_names": [t.name for t in trainer.terms], "problem_module": trainer.cfg.problem_module,
+            "problem_module_sha256": trainer.cfg.problem_module_sha256}
 
 
 def write(path, state: dict) -> Path:
@@ -128,6 +131,9 @@ def write(path, state: dict) -> Path:
         f.attrs["wall_time"] = state["wall_time"]
         f.attrs["written"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         f.attrs["config"] = state["config"]
+        if state.get("problem_module"):  # the user's module and the hash of the source that trained
+            f.attrs["problem_module"] = state["problem_module"]
+            f.attrs["problem_module_sha256"] = state["problem_module_sha256"]
         for key, arr in state["arrays"].items():
             kind, name = key.split("/", 1)
             group = "parameters" if kind == "parameters" else f"adam/{kind}"
@@ -266,6 +272,7 @@ def _verify(f: h5py.File) -> dict:
         raise _Damage(f"its stored config is not valid TOML ({e})") from None
     except ValueError as e:  # ConfigError
         raise _Damage(f"its stored config is not a valid config ({e})") from None
+    module = {k: _attribute(f, k, str) if k in f.attrs else "" for k in MODULE_ATTRIBUTES}
     step = _attribute(f, "step", int, 1)
     stage = _attribute(f, "stage", int, 0)
     n_ranks = _attribute(f, "n_ranks", int, 1)
@@ -321,7 +328,7 @@ def _verify(f: h5py.File) -> dict:
         if path.startswith(("parameters/", "adam/")) and not np.isfinite(value).all():
             raise _Damage(f"{path} is not finite")
     return {"cfg": cfg, "data": data, "step": step, "stage": stage, "n_ranks": n_ranks, "wall_time": wall_time,
-            "config": text, "term_names": term_names, "digest": digest}
+            "config": text, "term_names": term_names, "digest": digest, **module}
 
 
 def read(path) -> dict:
@@ -355,12 +362,15 @@ def read(path) -> dict:
     return {"step": v["step"], "stage": v["stage"], "arrays": arrays, "adam_steps": steps,
             "sampler_state": data["rng/sampler"], "torch_state": data["rng/torch"], "history": history,
             "loss_per_step": data["history/loss_per_step"].tolist(), "wall_time": float(v["wall_time"]),
-            "n_ranks": v["n_ranks"], "config": v["config"], "term_names": v["term_names"], "digest": v["digest"]}
+            "n_ranks": v["n_ranks"], "config": v["config"], "term_names": v["term_names"], "digest": v["digest"],
+            **{k: v[k] for k in MODULE_ATTRIBUTES}}
 
 
-def check_compatible(state: dict, cfg, path) -> None:
+def check_compatible(state: dict, cfg, path, allow_module_change: bool = False) -> None:
     """Raise :class:`CheckpointError` naming the first config key that differs from the checkpoint's
-    (other than those in ``MAY_CHANGE``)."""
+    (other than those in ``MAY_CHANGE``), or when the source of the config's ``problem.module``
+    differs from the one the checkpoint was trained with.  With ``allow_module_change`` a changed
+    source is only a warning (the module's path must still be the same)."""
     saved = to_dict(load_config(data=tomllib.loads(state["config"])))
     now = to_dict(cfg)
     for section in sorted(set(saved) | set(now)):
@@ -374,6 +384,14 @@ def check_compatible(state: dict, cfg, path) -> None:
     if state["step"] > cfg.training.steps:
         raise CheckpointError(f"{path} is at step {state['step']}, beyond training.steps = {cfg.training.steps}; "
                               "set training.steps to at least that to go on")
+    before, after = state.get("problem_module_sha256", ""), cfg.problem_module_sha256
+    if before != after:
+        text = (f"{path} was trained with problem.module {state.get('problem_module') or '(none)'} of SHA-256 "
+                f"{before or '(none)'}; {cfg.problem_module or '(none)'} now has SHA-256 {after or '(none)'}")
+        if not allow_module_change:
+            raise CheckpointError(f"{text}: its source changed since. Restore it, train into another folder, or "
+                                  "pass --allow-module-change to go on with the changed code")
+        logger.warning("%s: going on with the changed code (--allow-module-change)", text)
 
 
 @torch.no_grad()

@@ -76,7 +76,7 @@ def _preflight(args, ctx) -> _Plan:
             # that a later --resume cannot pick up one of them.
             plan.replaced = ckpt.listing(folder) if args.overwrite and not args.resume else []
             if not plan.replaced:
-                plan.chosen, plan.state = _choose_checkpoint(folder, cfg, args.resume)
+                plan.chosen, plan.state = _choose_checkpoint(folder, cfg, args.resume, args.allow_module_change)
             if plan.chosen is None and (out / "run.h5").is_file() and not args.overwrite:
                 raise UsageError(f"{out / 'run.h5'} holds a finished run and {folder} no checkpoint to go on "
                                  "from; train into another --out folder, or pass --overwrite to replace it")
@@ -194,6 +194,8 @@ def cmd_info(args) -> int:
     print(f"{args.file}: problem {a['problem']}, fbpinn {a['fbpinn_version']}, schema {a['schema_version']}, "
           f"{a['n_ranks']} rank(s)")
     print(f"  ran {a['start_time']} .. {a['end_time']} ({float(a['wall_time']):.1f} s)")
+    if a.get("problem_module"):
+        print(f"  problem module {a['problem_module']} (sha256 {a.get('problem_module_sha256') or 'unknown'})")
     for name, g in data["decomposition"].items():
         if name.startswith("level"):
             print(f"  {name}: {len(g['centres'])} subdomains, grid {g['attrs']['shape'].tolist()}")
@@ -222,11 +224,18 @@ def cmd_merge(args) -> int:
 
 
 def cmd_problems(args) -> int:
+    from . import registry
     from .problems import all_problems
 
-    for name, cls in sorted(all_problems().items()):
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+    try:
+        problems = all_problems()
+    except registry.RegistryError as e:
+        raise UsageError(str(e)) from None
+    for name, cls in sorted(problems.items()):
+        doc = ((cls.__doc__ or "").strip().splitlines() or [""])[0]
         print(f"{name:30s} {doc}")
+    for why in registry.broken("problem").values():  # the others are listed all the same
+        print(f"fbpinn: warning: {why}", file=sys.stderr)
     return 0
 
 
@@ -234,10 +243,12 @@ class UsageError(ValueError):
     pass
 
 
-def _choose_checkpoint(folder: Path, cfg, resume: bool) -> tuple[str | None, dict | None]:
+def _choose_checkpoint(folder: Path, cfg, resume: bool, allow_module_change: bool = False) \
+        -> tuple[str | None, dict | None]:
     """The checkpoint to go on from and its state: with ``--resume``, the newest one that passes
     verification (None, None if there are no checkpoint files; UsageError if all are damaged);
-    without it, refuse to start over a folder that holds another run's checkpoints."""
+    without it, refuse to start over a folder that holds another run's checkpoints.
+    ``allow_module_change``: go on although ``problem.module``'s source changed (a warning)."""
     from . import checkpoint as ckpt
 
     found = ckpt.listing(folder)
@@ -256,7 +267,7 @@ def _choose_checkpoint(folder: Path, cfg, resume: bool) -> tuple[str | None, dic
             logger.warning("skipping damaged checkpoint %s", e)
             failed.append(path.name)
             continue
-        ckpt.check_compatible(state, cfg, path)
+        ckpt.check_compatible(state, cfg, path, allow_module_change)
         if failed:
             logger.warning("resuming from %s, the newest checkpoint that passes verification", path)
         return str(path), state
@@ -289,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "larger value trains on")
     t.add_argument("--overwrite", action="store_true",
                    help="replace a finished DIR/run.h5 (without it, train refuses to start over one)")
+    t.add_argument("--allow-module-change", action="store_true",
+                   help="with --resume: go on although the source of problem.module changed since the checkpoint "
+                        "was written (a warning); without it such a resume stops with status 2")
     t.set_defaults(func=cmd_train)
 
     pl = sub.add_parser("plot", help="draw figures (PNG, GIF) from results files",

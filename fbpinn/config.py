@@ -23,7 +23,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry
+from . import plugins, registry
 from .derivatives import ACTIVATIONS
 from .domains import SAMPLERS
 
@@ -158,6 +158,8 @@ class Config:
     output: OutputConfig
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     source: str = ""  # config file the run came from
+    problem_module: str = ""  # problem.module resolved: a .py file's absolute path, or a module name
+    problem_module_sha256: str = ""  # SHA-256 of that module's source file ("" without one)
 
 
 SECTIONS = {"decomposition": DecompositionConfig, "network": NetworkConfig, "training": TrainingConfig,
@@ -225,12 +227,14 @@ def load_config(path=None, overrides=(), data: dict | None = None) -> Config:
         if not isinstance(data[section], dict):
             raise ConfigError(section, "is not a table")
         data[section][key] = value
-    cfg = from_dict(data)
+    cfg = from_dict(data, Path(path).absolute().parent if path is not None else None)
     cfg.source = str(path) if path is not None else ""
     return cfg
 
 
-def from_dict(data: dict) -> Config:
+def from_dict(data: dict, base=None) -> Config:
+    """Validate a parsed config.  ``base``: the folder a relative ``problem.module`` path is read
+    from (the config file's; the working folder if None)."""
     allowed = ["problem", *SECTIONS]
     for section, table in data.items():
         if section not in allowed:
@@ -238,17 +242,55 @@ def from_dict(data: dict) -> Config:
         if not isinstance(table, dict):
             raise ConfigError(section, "must be a table")
     problem_table = dict(data.get("problem", {}))
+    module = _import_problem_module(problem_table.pop("module", None), base)
     name = problem_table.pop("name", None)
-    if name is None:
-        raise ConfigError("problem.name", f"missing; available: {', '.join(registry.names('problem'))}")
-    if name not in registry.names("problem"):
-        raise ConfigError("problem.name", f"unknown problem {name!r}; available: {', '.join(registry.names('problem'))}")
-    problem_cls = registry.get("problem", name)
+    try:
+        available = registry.names("problem")
+        if name is None:
+            raise ConfigError("problem.name", f"missing; available: {', '.join(available)}")
+        if name not in available:
+            raise ConfigError("problem.name", f"unknown problem {_show(name)}; available: {', '.join(available)}"
+                              + ("" if module else "; a problem of your own is named by problem.module "
+                                 "(docs/guide.md, \"Your own problem\")"))
+        problem_cls = registry.get("problem", name)
+    except registry.RegistryError as e:
+        raise ConfigError("problem.name", str(e)) from None
+    if problem_table.get("domain") is not None:
+        _check_domain(problem_table["domain"], problem_cls, name)
     params = _build(problem_cls.Params, problem_table, "problem")
     sections = {s: _build(cls, data.get(s, {}), s) for s, cls in SECTIONS.items()}
     cfg = Config(problem=params, problem_name=name, **sections)
+    if module is not None:
+        cfg.problem_module, cfg.problem_module_sha256 = module.spec, module.sha256
     _validate(cfg, problem_cls)
     return cfg
+
+
+def _import_problem_module(value, base) -> plugins.Imported | None:
+    """Import ``problem.module`` (None when the key is not set); ConfigError naming the key,
+    the file and the first line of the error when that fails."""
+    if value is None:
+        return None
+    value = _coerce(value, str, "problem.module")
+    if not value.strip():
+        raise ConfigError("problem.module", "must name a .py file or an importable module, got an empty string")
+    try:
+        return plugins.import_module(value, base if base is not None else Path.cwd())
+    except plugins.PluginError as e:
+        raise ConfigError("problem.module", str(e)) from None
+
+
+def _check_domain(value, problem_cls, name: str) -> None:
+    """ConfigError unless ``problem.domain`` is allowed for the problem and lists one pair per
+    axis (the values themselves are checked by ``Params.check_domain``)."""
+    if not getattr(problem_cls, "configurable_domain", False):
+        raise ConfigError("problem.domain", f"problem {name!r} has a fixed domain (its solution assumes it): "
+                          "leave problem.domain out")
+    axes = tuple(problem_cls.axes)
+    if not isinstance(value, list) or len(value) != len(axes) or not all(isinstance(p, list) for p in value):
+        example = [[0.0, 1.0]] * len(axes)
+        raise ConfigError("problem.domain", f"must list one [lo, hi] pair per axis {axes}, e.g. "
+                          f"{_toml_value(example)}, got {_show(value)}")
 
 
 def _build(cls, table: dict, section: str):
@@ -464,6 +506,8 @@ def check_environment() -> None:
 # ----------------------------------------------------------------------------- output
 def to_dict(cfg: Config) -> dict:
     out = {"problem": {"name": cfg.problem_name}}
+    if cfg.problem_module:
+        out["problem"]["module"] = cfg.problem_module
     out["problem"].update({k: v for k, v in dataclasses.asdict(cfg.problem).items() if v is not None})
     for section in SECTIONS:
         out[section] = dataclasses.asdict(getattr(cfg, section))

@@ -173,6 +173,9 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
     f.attrs["axes"] = ",".join(problem.axes)
     f.attrs["n_ranks"] = run.n_ranks
     f.attrs["config"] = to_toml(cfg)
+    if cfg.problem_module:  # the user's own module: where it was, and the hash of the source that trained
+        f.attrs["problem_module"] = cfg.problem_module
+        f.attrs["problem_module_sha256"] = cfg.problem_module_sha256
     f.attrs["start_time"] = _iso(run.start_time)
     f.attrs["end_time"] = _iso(time.time())
     f.attrs["wall_time"] = run.wall_time
@@ -252,6 +255,8 @@ _ROOT = [
     ("@axes", "str", (), True),
     ("@n_ranks", "int", (), True),
     ("@config", "str", (), True),
+    ("@problem_module", "str", (), False),
+    ("@problem_module_sha256", "str", (), False),
     ("@start_time", "str", (), True),
     ("@end_time", "str", (), True),
     ("@wall_time", "real", (), True),

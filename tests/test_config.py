@@ -45,8 +45,8 @@ def test_required_configs_are_shipped():
     ("network", "activation", "relu", "network.activation: unknown activation 'relu'"),
     ("network", "hidden", [], "network.hidden: must list positive layer widths"),
     ("problem", "omega", -1.0, "problem.omega: must be positive"),
-    ("problem", "mu", 4.0, "problem.mu: unknown key; allowed: output_scale, physics, omega"),
-    ("problem", "name", "heat", "problem.name: unknown problem 'heat'; available: burgers, cos1d"),
+    ("problem", "mu", 4.0, "problem.mu: unknown key; allowed: output_scale, physics, domain, omega"),
+    ("problem", "name", "heat", "problem.name: unknown problem 'heat'; available: "),
     ("solver", "x", 1, "solver: unknown table; allowed: problem, decomposition"),
 ])
 def test_errors_name_the_key(section, key, value, message):
@@ -54,6 +54,17 @@ def test_errors_name_the_key(section, key, value, message):
         load_config(data=with_(section, key, value))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_unknown_problem_lists_every_problem_and_the_way_to_add_one():
+    from fbpinn import registry
+
+    with pytest.raises(ConfigError) as info:
+        load_config(data=with_("problem", "name", "heat"))
+    assert str(info.value) == (f"config: problem.name: unknown problem 'heat'; available: "
+                               f"{', '.join(registry.names('problem'))}; a problem of your own is named by "
+                               "problem.module (docs/guide.md, \"Your own problem\")")
+    assert {"burgers", "cos1d", "wave2d"} <= set(registry.names("problem"))
 
 
 def test_levels():

@@ -30,9 +30,14 @@ class Params:
 
     output_scale: float | None = None  # s in u = sum w * s * NN; the problem's default if unset
     physics: bool = True  # include the residual loss (false: fit observations only)
+    domain: list[list[float]] | None = None  # [[lo, hi], ...] per axis; only where configurable_domain
 
     def validate(self):
         """``(key, message)`` for the first bad value, or None.  Subclasses extend it."""
+        if self.domain is not None:
+            bad = self.check_domain()
+            if bad:
+                return bad
         if self.output_scale is not None and not self.output_scale > 0:
             return "output_scale", f"must be positive, got {self.output_scale}"
         if self.output_scale is not None:
@@ -46,6 +51,20 @@ class Params:
     def has_data(self) -> bool:
         """Whether the problem supplies observations to fit without the physics term."""
         return False
+
+    def check_domain(self):
+        """``("domain", message)`` unless ``domain`` is one finite ``[lo, hi]`` pair per axis with
+        ``lo < hi``, bounds within [-SCALE, SCALE] and widths of at least 1/SCALE; else None.
+        (How many axes it must have is the problem's to say: :mod:`fbpinn.config` checks it.)"""
+        for axis, pair in enumerate(self.domain):
+            if len(pair) != 2:
+                return "domain", f"axis {axis}: must be a pair [lo, hi], got {pair}"
+            lo, hi = pair
+            if not all(abs(v) <= SCALE for v in pair):
+                return "domain", f"axis {axis}: bounds must lie in [{-SCALE:g}, {SCALE:g}], got {pair}"
+            if not hi - lo >= 1 / SCALE:
+                return "domain", (f"axis {axis}: needs lo < hi, at least {1 / SCALE:g} apart, got {pair}")
+        return None
 
     def first_out_of_range(self, lo, hi, *names):
         """``(key, message)`` for the first of ``names`` whose value (or any value of its list)
@@ -120,8 +139,15 @@ class Problem:
     def dim(self) -> int:
         return len(self.axes)
 
+    configurable_domain = False  # whether problem.domain may replace lo, hi (False: the solution assumes them)
+
     @property
     def domain(self) -> Box:
+        """The box the problem is solved on: ``problem.domain`` where set (see
+        ``configurable_domain``), else the class's ``lo`` and ``hi``."""
+        pairs = getattr(self.p, "domain", None)
+        if pairs:
+            return Box([lo for lo, _ in pairs], [hi for _, hi in pairs])
         return Box(self.lo, self.hi)
 
     @property
@@ -172,10 +198,8 @@ class Problem:
 
 
 def all_problems() -> dict:
-    from ..registry import _REGISTRIES, _load_builtins
+    """Every problem that loads, by name: the registered ones and those of the ``fbpinn.problems``
+    entry points (fbpinn's own among them); :func:`fbpinn.registry.broken` lists any that fail."""
+    from ..registry import load_all
 
-    _load_builtins()
-    return dict(_REGISTRIES["problem"])
-
-
-from . import burgers, oscillator, poisson, sinusoids, wave  # noqa: E402,F401  (register the built-in problems)
+    return load_all("problem")

@@ -151,6 +151,9 @@ def write(path, state: dict) -> Path:
             len(state["history"]["step"]), len(state["term_names"]))
         h["loss_terms"].attrs["names"] = ",".join(state["term_names"])
         h["loss_per_step"] = np.asarray(state["loss_per_step"], dtype=np.float64)
+        if "rel_l2_fields" in state["history"]:
+            h["rel_l2_fields"] = np.asarray(state["history"]["rel_l2_fields"], dtype=np.float64).reshape(
+                len(state["history"]["step"]), -1)
         f.attrs["complete"] = True  # a file without it was not written by this function
         _seal(f)
 
@@ -228,10 +231,10 @@ def _seal(f: h5py.File) -> None:
 def _layout(cfg) -> dict:
     """Path -> (shape, dtype) of the parameter and Adam datasets that a run of ``cfg`` stores:
     per level, the stacked weights (J, n_in, n_out) and biases (J, 1, 1, n_out) of its J
-    subdomain networks with layer widths [dim, *network.hidden, 1]."""
+    subdomain networks with layer widths [dim, *network.hidden, F], F the problem's fields."""
     dtype = np.dtype(cfg.training.dtype)
     shapes = cfg.decomposition.level_shapes()
-    sizes = [len(shapes[0]), *cfg.network.hidden, 1]
+    sizes = [len(shapes[0]), *cfg.network.hidden, _n_fields(cfg)]
     out = {}
     for level, grid in enumerate(shapes):
         n = math.prod(grid)
@@ -241,6 +244,13 @@ def _layout(cfg) -> dict:
                     out[f"{group}/level{level}/{name}"] = (shape, dtype)
                 out[f"adam/steps/level{level}/{name}"] = ((), np.dtype("float64"))
     return out
+
+
+def _n_fields(cfg) -> int:
+    """The number of fields of ``cfg``'s problem (one output of every subdomain network each)."""
+    from . import registry
+
+    return len(registry.get("problem", cfg.problem_name).fields)
 
 
 def _attribute(f, name: str, kind, low=None):
@@ -302,6 +312,8 @@ def _verify(f: h5py.File) -> dict:
         shape = (n_eval, len(term_names)) if k == "loss_terms" else (n_eval,)
         expected[f"history/{k}"] = (shape, np.dtype("int64" if k in ("step", "stage") else "float64"))
     expected["history/loss_per_step"] = ((step,), np.dtype("float64"))
+    if _n_fields(cfg) > 1:
+        expected["history/rel_l2_fields"] = ((n_eval, _n_fields(cfg)), np.dtype("float64"))
     missing, extra = sorted(set(expected) - set(datasets)), sorted(set(datasets) - set(expected))
     if missing or extra:
         raise _Damage("; ".join([*(f"dataset {p} is missing" for p in missing[:3]),
@@ -359,6 +371,8 @@ def read(path) -> dict:
             arrays[f"{group}/{rest}"] = value
     steps = {p[len("adam/steps/"):]: float(value) for p, value in data.items() if p.startswith("adam/steps/")}
     history = {k: data[f"history/{k}"].tolist() for k in HISTORY}
+    if "history/rel_l2_fields" in data:
+        history["rel_l2_fields"] = data["history/rel_l2_fields"].tolist()
     return {"step": v["step"], "stage": v["stage"], "arrays": arrays, "adam_steps": steps,
             "sampler_state": data["rng/sampler"], "torch_state": data["rng/torch"], "history": history,
             "loss_per_step": data["history/loss_per_step"].tolist(), "wall_time": float(v["wall_time"]),

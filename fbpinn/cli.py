@@ -187,7 +187,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .io import read_results
+    from .io import field_names, read_results
 
     data = read_results(args.file)
     a, tr = data["attrs"], data["training"]
@@ -202,6 +202,9 @@ def cmd_info(args) -> int:
     sol = data["solution"]["attrs"]
     versus = f" against the reference ({sol.get('reference_method', '')})" if sol.get("target") == "reference" else ""
     print(f"  steps {int(tr['step'][-1])}, final loss {tr['loss'][-1]:.4e}, final rel_l2 {tr['rel_l2'][-1]:.4e}{versus}")
+    if "rel_l2_fields" in tr:
+        fields = field_names(a)
+        print("  final rel_l2 per field: " + ", ".join(f"{f} {e:.4e}" for f, e in zip(fields, tr["rel_l2_fields"][-1])))
     for name, value in data.get("learned", {}).items():
         if name != "attrs":
             print(f"  learned {name} = {float(value):.6g}")

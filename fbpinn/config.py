@@ -436,13 +436,18 @@ def _validate_derivatives(cfg: Config, problem_cls) -> None:
 
     from .derivatives import MAX_ORDER, parse
 
+    from .problems import check_fields
+
+    bad = check_fields(problem_cls.fields, problem_cls.axes)
+    if bad:
+        raise ConfigError("problem.name", f"problem {cfg.problem_name!r}: {bad}")
     problem = problem_cls(cfg.problem, torch.float64)  # cheap: the points come later
     wanted = [("the residual", n) for n in problem.needs]
     wanted += [(f"the loss term {t.name!r}", n) for t in problem.terms(torch.Generator().manual_seed(0))
                for n in t.needs]
     for where, name in wanted:
         try:
-            order = len(parse(name, tuple(problem.axes)))
+            order = len(parse(name, tuple(problem.axes), tuple(problem.fields)))
         except ValueError as e:
             raise ConfigError("problem.name", f"problem {cfg.problem_name!r}: {where}: {e}") from None
         if order > MAX_ORDER:

@@ -38,16 +38,27 @@ import torch
 MAX_ORDER = 6  # highest derivative order the forward-mode path provides (cost: see above)
 
 
-def parse(name: str, axes: tuple[str, ...]) -> tuple[int, ...]:
-    """``"u"`` -> ``()``, ``"u_xt"`` -> ``(index of x, index of t)`` sorted."""
-    if name == "u":
-        return ()
-    if not name.startswith("u_") or len(name) < 3:
-        raise ValueError(f"bad derivative name {name!r}: use 'u' or 'u_' followed by axis letters {axes}")
+def parse(name: str, axes: tuple[str, ...], fields: tuple[str, ...] = ("u",)) -> tuple[int, ...]:
+    """``"u"`` -> ``()``, ``"u_xt"`` -> ``(index of x, index of t)`` sorted; the multi-index of
+    a derivative name of any of ``fields`` (see :func:`split_name`)."""
+    return split_name(name, axes, fields)[1]
+
+
+def split_name(name: str, axes: tuple[str, ...], fields: tuple[str, ...] = ("u",)) -> tuple[int, tuple[int, ...]]:
+    """A derivative name as (field index, multi-index): with fields ``("p", "v")``, ``"v_xt"`` ->
+    ``(1, (index of x, index of t))`` and ``"p"`` -> ``(0, ())``.
+
+    A name is a field name, alone or followed by ``_`` and one axis letter per derivative.
+    Raises ValueError naming the bad name, the fields and the axes."""
+    field, sep, letters = name.partition("_")
+    if field not in fields or (sep and not letters):
+        shown = " or ".join(repr(f) for f in fields)
+        raise ValueError(f"bad derivative name {name!r}: use a field name ({shown}), alone or followed by '_' "
+                         f"and axis letters {tuple(axes)} ('{fields[0]}_{axes[0]}')")
     try:
-        return tuple(sorted(axes.index(c) for c in name[2:]))
+        return fields.index(field), tuple(sorted(axes.index(c) for c in letters))
     except ValueError:
-        raise ValueError(f"derivative {name!r} names an axis not in {axes}") from None
+        raise ValueError(f"derivative {name!r} names an axis not in {tuple(axes)}") from None
 
 
 def closure(orders) -> list[tuple[int, ...]]:

@@ -134,6 +134,34 @@ def write_results(path, run, blocks=None) -> Path:
     return write_atomic(path, lambda f: _fill(f, run, blocks, Path(path)))
 
 
+def field_names(attrs: dict) -> tuple:
+    """The fields of a results file from its root attributes (``fields``; files of one field
+    written before the attribute existed hold ``u``)."""
+    return tuple(str(_attr(attrs.get("fields", "u"))).split(","))
+
+
+def solution_names(fields, target=None) -> list[tuple[str, str, str | None, str | None]]:
+    """``(field, dataset, target dataset, error dataset)`` for each field: the solution's
+    datasets in a results or part file.  One field keeps the layout of single-field files
+    (``u``, ``exact`` or ``reference``, ``error``); with several, field ``p`` has ``p``,
+    ``<target>_p`` and ``error_p``.  ``target``: "exact", "reference" or None (no target)."""
+    one = len(fields) == 1
+    return [(f, f, None if not target else target if one else f"{target}_{f}",
+             None if not target else "error" if one else f"error_{f}") for f in fields]
+
+
+def _solution_arrays(u: np.ndarray, exact, fields, target) -> dict:
+    """Dataset name -> array for fields stacked on the last axis of ``u`` (and ``exact`` or None)."""
+    out = {}
+    for i, (_, name, target_name, error_name) in enumerate(solution_names(fields, target if exact is not None
+                                                                          else None)):
+        out[name] = u[..., i]
+        if target_name:
+            out[target_name] = exact[..., i]
+            out[error_name] = u[..., i] - exact[..., i]
+    return out
+
+
 def part_name(path, rank: int) -> str:
     """File name of rank ``rank``'s part beside the results file ``path``: run_p{rank}.h5."""
     path = Path(path)
@@ -141,15 +169,20 @@ def part_name(path, rank: int) -> str:
 
 
 def write_part(path, block: dict) -> Path:
-    """Write one rank's block of the test-grid solution beside ``path`` (atomically)."""
+    """Write one rank's block of the test-grid solution beside ``path`` (atomically).
+
+    ``block``: as :meth:`fbpinn.trainer.Trainer.solution_block` makes it: ``u`` and ``exact``
+    (or None) with the fields on their last axis, ``fields``, ``target``, ``rank``, ``offset``;
+    without ``fields``, ``u`` and ``exact`` are of the one field u and have no such axis."""
     def fill(f):
         f.attrs["format"] = "fbpinn-part"
         f.attrs["rank"] = block["rank"]
         f.attrs["offset"] = np.asarray(block["offset"])
-        f["u"] = block["u"]
-        if block["exact"] is not None:
-            f[block.get("target", "exact")] = block["exact"]
-            f["error"] = block["u"] - block["exact"]
+        u, exact, fields = block["u"], block["exact"], block.get("fields")
+        if fields is None:  # one field u, without the trailing axis of fields
+            u, exact, fields = u[..., None], None if exact is None else exact[..., None], ("u",)
+        for name, arr in _solution_arrays(u, exact, fields, block.get("target", "exact")).items():
+            f[name] = arr
 
     return write_atomic(Path(path).with_name(part_name(path, block["rank"])), fill)
 
@@ -171,6 +204,7 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
     f.attrs["fbpinn_version"] = __version__
     f.attrs["problem"] = cfg.problem_name
     f.attrs["axes"] = ",".join(problem.axes)
+    f.attrs["fields"] = ",".join(problem.fields)
     f.attrs["n_ranks"] = run.n_ranks
     f.attrs["config"] = to_toml(cfg)
     if cfg.problem_module:  # the user's own module: where it was, and the hash of the source that trained
@@ -197,6 +231,9 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
     tr["step"] = np.asarray(h["step"], dtype=np.int64)
     tr["loss"] = np.asarray(h["loss"], dtype=np.float64)
     tr["rel_l2"] = np.asarray(h["rel_l2"], dtype=np.float64)
+    if "rel_l2_fields" in h:
+        tr["rel_l2_fields"] = np.asarray(h["rel_l2_fields"], dtype=np.float64).reshape(len(h["step"]), -1)
+        tr["rel_l2_fields"].attrs["names"] = ",".join(problem.fields)
     tr["time"] = np.asarray(h["time"], dtype=np.float64)
     tr["lr"] = np.asarray(h["lr"], dtype=np.float64)
     tr["stage"] = np.asarray(h.get("stage", [0] * len(h["step"])), dtype=np.int64)
@@ -214,13 +251,15 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
             sol.attrs["reference_method"] = problem.reference_name
     if blocks is not None:
         sol.attrs["parts"] = len(blocks)
-        for name in ("u", run.target, "error") if run.has_exact else ("u",):
-            _virtual(sol, name, shape, path, blocks)
+        for _, *names in solution_names(problem.fields, run.target if run.has_exact else None):
+            for name in filter(None, names):
+                _virtual(sol, name, shape, path, blocks)
     else:
-        sol["u"] = run.u_test.double().numpy().reshape(shape)
-        if run.u_exact is not None:
-            sol[run.target] = run.u_exact.numpy().reshape(shape)
-            sol["error"] = sol["u"][()] - sol[run.target][()]
+        fields = (*shape, len(problem.fields))
+        exact = None if run.u_exact is None else run.u_exact.double().numpy().reshape(fields)
+        for name, arr in _solution_arrays(run.u_test.double().numpy().reshape(fields), exact, problem.fields,
+                                          run.target).items():
+            sol[name] = arr
     obs = problem.observations()
     if obs is not None:
         data = f.create_group("observations")
@@ -253,6 +292,7 @@ _ROOT = [
     ("@fbpinn_version", "str", (), True),
     ("@problem", "str", (), True),
     ("@axes", "str", (), True),
+    ("@fields", "str", (), False),
     ("@n_ranks", "int", (), True),
     ("@config", "str", (), True),
     ("@problem_module", "str", (), False),
@@ -275,6 +315,8 @@ _SCHEMA = [
     ("training/stage", "int", ("E",), False),
     ("training/loss_terms", "real", ("E", "T"), False),
     ("training/loss_terms@names", "str", (), False),
+    ("training/rel_l2_fields", "real", ("E", "F"), False),
+    ("training/rel_l2_fields@names", "str", (), False),
     ("training/loss_per_step", "real", ("S",), False),
     ("solution@target", "str", (), False),
     ("solution@reference_method", "str", (), False),
@@ -315,9 +357,11 @@ def read_results(path) -> dict:
         _check_entries(f, path, _ROOT, dims)
         axes = str(_attr(f.attrs["axes"])).split(",")
         dims["d"] = (len(axes), "the axes attribute")
+        fields = _fields(f, path)
+        dims["F"] = (len(fields), "the fields attribute")
         levels = _levels(f, path)
-        _check_entries(f, path, _SCHEMA + _layout(f, axes, levels), dims)
-        _check_values(f, path, axes, levels, dims)
+        _check_entries(f, path, _SCHEMA + _layout(f, axes, levels, fields), dims)
+        _check_values(f, path, axes, levels, dims, fields)
         return _to_dict(f, _read_virtual(f, path))
 
 
@@ -393,8 +437,17 @@ def _levels(f: h5py.File, path) -> int:
     return int(n)
 
 
-def _layout(f: h5py.File, axes, levels: int) -> list:
-    """Schema entries (as ``_SCHEMA``) that depend on the file's axes, levels and optional groups."""
+def _fields(f: h5py.File, path) -> tuple:
+    """The file's fields (:func:`field_names`), checked to be distinct names without "_"."""
+    fields = field_names(f.attrs)
+    if len(set(fields)) != len(fields) or not all(n.isidentifier() and "_" not in n for n in fields) \
+            or {"exact", "reference", "error"} & set(fields):
+        raise ResultsError(f"{path}: the fields attribute {','.join(fields)!r} is not a list of distinct field names")
+    return fields
+
+
+def _layout(f: h5py.File, axes, levels: int, fields=("u",)) -> list:
+    """Schema entries (as ``_SCHEMA``) that depend on the file's axes, levels, fields and optional groups."""
     grid = tuple(f"n_{a}" for a in axes)
     entries = []
     for i in range(levels):
@@ -402,8 +455,10 @@ def _layout(f: h5py.File, axes, levels: int) -> list:
                     (f"decomposition/level{i}/centres", "real", (f"J{i}", "d"), True),
                     (f"decomposition/level{i}/half_widths", "real", (f"J{i}", "d"), True)]
     entries += [(f"solution/axis_{a}", "real", (f"n_{a}",), True) for a in axes]
-    entries += [("solution/u", "real", grid, True)]
-    entries += [(f"solution/{name}", "real", grid, False) for name in ("exact", "reference", "error")]
+    entries += [(f"solution/{name}", "real", grid, True) for _, name, _, _ in solution_names(fields)]
+    for target in ("exact", "reference"):
+        entries += [(f"solution/{name}", "real", grid, False)
+                    for _, _, *names in solution_names(fields, target) for name in names]
     if "observations" in f:
         entries += [("observations/x", "real", ("N", "d"), True), ("observations/u", "real", ("N",), True)]
     if "learned" in f:
@@ -463,7 +518,7 @@ def _check_shape(path, what, shape, expected, dims: dict) -> None:
                                f"{name} = {dims[name][0]} (from {dims[name][1]})")
 
 
-def _check_values(f: h5py.File, path, axes, levels: int, dims: dict) -> None:
+def _check_values(f: h5py.File, path, axes, levels: int, dims: dict, fields=("u",)) -> None:
     """What the shapes leave open: axis names, at least one evaluation row, the subdomain counts,
     the loss term names, the target, and the stored config's test grid."""
     if len(set(axes)) != len(axes) or not all(a.isidentifier() for a in axes):
@@ -483,7 +538,8 @@ def _check_values(f: h5py.File, path, axes, levels: int, dims: dict) -> None:
                                f"lists {names!r}")
     sol = f["solution"]
     target = sol.attrs.get("target")
-    if target is not None and (_attr(target) not in ("exact", "reference") or _attr(target) not in sol):
+    if target is not None and (_attr(target) not in ("exact", "reference")
+                               or solution_names(fields, _attr(target))[0][2] not in sol):
         raise ResultsError(f"{path}: /solution has target = {_attr(target)!r} but no dataset of that name")
     if "parts" in sol.attrs and int(sol.attrs["parts"]) < 1:
         raise ResultsError(f"{path}: /solution has parts = {sol.attrs['parts']}; expected at least 1")

@@ -2,6 +2,7 @@
 
     u(x) = A(x) + B(x) * (1/L) sum_levels sum_j w_j(x) * s * NN_j((x - c_j) / h_j)
 
+for each of the problem's fields (every network has one output per field).
 ``A + B * .`` is the problem's hard-constraint ansatz (``A = 0, B = 1`` without one),
 ``s`` its output scale and ``w_j`` the normalised windows of :mod:`fbpinn.decomposition`.
 
@@ -45,11 +46,11 @@ class Batch:
     x: torch.Tensor  # (N, d)
     orders: list
     blocks: list  # LevelBlocks: one or a few per level
-    a: torch.Tensor | None  # (K, N) ansatz offset and its derivatives
-    b: torch.Tensor | None  # (K, N) ansatz factor and its derivatives
+    a: torch.Tensor | None  # (K, N) ansatz offset and its derivatives; (K, N, F) for F > 1 fields
+    b: torch.Tensor | None  # (K, N) ansatz factor and its derivatives; (K, N, F) for F > 1 fields
     tables: TaylorTables
     rule: ProductRule
-    fixed: torch.Tensor | None = None  # (K, N) summed windowed outputs of the frozen subdomains
+    fixed: torch.Tensor | None = None  # (K, N[, F]) summed windowed outputs of the frozen subdomains
 
     @property
     def n(self) -> int:
@@ -91,13 +92,14 @@ class FBPINN(nn.Module):
         self.levels = list(levels)
         self.activation = Activation(activation)
         self.dtype = dtype
+        self.fields = tuple(problem.fields)
         dim = problem.dim
         held = held or [list(range(lv.n_subdomains)) for lv in self.levels]
         self.nets = nn.ModuleList()
         self._slot, self._centres, self._inv_h = [], [], []
         for lv, ids in zip(self.levels, held):
             ids = torch.as_tensor(sorted(ids), dtype=torch.long)
-            self.nets.append(StackedMLP([dim, *hidden, 1], lv.n_subdomains, ids, generator, dtype))
+            self.nets.append(StackedMLP([dim, *hidden, len(self.fields)], lv.n_subdomains, ids, generator, dtype))
             slot = torch.full((lv.n_subdomains,), -1, dtype=torch.long)
             slot[ids] = torch.arange(len(ids))
             self._slot.append(slot)
@@ -134,12 +136,7 @@ class FBPINN(nn.Module):
                       for b in self._level_blocks(i, x, orders, pairs[i], live if i == last else None)]
             a = b = None
             if self.problem.has_constraint:
-                if differentiable:
-                    a, b = (v.unsqueeze(0) for v in self.problem.constraint(x))
-                else:
-                    with torch.enable_grad():
-                        a = self._stack(autograd_derivatives(lambda y: self.problem.constraint(y)[0], x, orders), orders)
-                        b = self._stack(autograd_derivatives(lambda y: self.problem.constraint(y)[1], x, orders), orders)
+                a, b = (self._ansatz(x, orders, i, differentiable) for i in (0, 1))
         tables, rule = TaylorTables(orders), ProductRule(orders)
         batch = Batch(x, orders, blocks, a, b, tables, rule)
         if self.device.type != "cpu":
@@ -153,9 +150,22 @@ class FBPINN(nn.Module):
                 batch.fixed = self._windowed_sum(held)
         return batch
 
-    @staticmethod
-    def _stack(d: dict, orders) -> torch.Tensor:
-        return torch.stack([d[o].detach() for o in orders])  # (K, N)
+    def _ansatz(self, x: torch.Tensor, orders, i: int, differentiable: bool) -> torch.Tensor:
+        """Part ``i`` of the constraint ansatz (0: A, 1: B) and its derivatives at ``x``: (K, N), or
+        (K, N, F) for F > 1 fields.  ``differentiable``: the value only, differentiable in ``x``."""
+        n_fields = len(self.fields)
+
+        def part(y, f):
+            v = self.problem.constraint(y)[i]
+            return v if n_fields == 1 and v.dim() == 1 else v.reshape(y.shape[0], n_fields)[:, f]
+
+        if differentiable:
+            cols = [part(x, f) for f in range(n_fields)]
+            return (cols[0] if n_fields == 1 else torch.stack(cols, dim=-1)).unsqueeze(0)
+        with torch.enable_grad():
+            cols = [torch.stack([d[o].detach() for o in orders])
+                    for d in (autograd_derivatives(lambda y: part(y, f), x, orders) for f in range(n_fields))]
+        return cols[0] if n_fields == 1 else torch.stack(cols, dim=-1)  # (K, N[, F])
 
     MAX_GROUPS = 4  # largest number of subdomain groups per level
     GROUP_FILL = 0.7  # a subdomain joins a group if it holds at least this share of the group's largest count
@@ -229,7 +239,8 @@ class FBPINN(nn.Module):
 
     # ------------------------------------------------------------------ evaluation
     def forward(self, batch: Batch) -> torch.Tensor:
-        """Solution and derivatives at the batch's points: (K, N), in ``batch.orders`` order."""
+        """Fields and derivatives at the batch's points: (K, N, F), in ``batch.orders`` order and the
+        problem's order of fields."""
         u = self._windowed_sum(batch)
         if batch.fixed is not None:
             u = u + batch.fixed
@@ -237,35 +248,41 @@ class FBPINN(nn.Module):
             u = u / len(self.levels)
         if batch.a is not None:
             u = batch.a + batch.rule.apply(batch.b, u)
-        return u
+        return u.unsqueeze(-1) if len(self.fields) == 1 else u
 
     def _windowed_sum(self, batch: Batch) -> torch.Tensor:
-        """sum_j w_j * s * NN_j over the batch's blocks, with derivatives: (K, N)."""
+        """sum_j w_j * s * NN_j over the batch's blocks, with derivatives: (K, N), or (K, N, F) for
+        F > 1 fields (one field keeps the two-dimensional layout of the fast path)."""
         from .derivatives import mlp_taylor
 
-        k, n = len(batch.orders), batch.n
-        total = torch.zeros(k, n + 1, dtype=self.dtype, device=self.device)
+        k, n, n_fields = len(batch.orders), batch.n, len(self.fields)
+        fields = () if n_fields == 1 else (n_fields,)
+        total = torch.zeros(k, n + 1, *fields, dtype=self.dtype, device=self.device)
         for block in batch.blocks:
             net = self.nets[block.level]
             weights, biases = list(net.weights), list(net.biases)
             if block.slots is not None:
                 weights = [w[block.slots] for w in weights]
                 biases = [b[block.slots] for b in biases]
-            out = mlp_taylor(weights, biases, block.t_in, batch.tables, self.activation)
-            out = out[..., 0].transpose(0, 1) * self.scale  # (K, J, M)
-            prod = batch.rule.apply(block.win, out).reshape(k, -1)  # (K, J*M)
+            out = mlp_taylor(weights, biases, block.t_in, batch.tables, self.activation)  # (J, K, M, F)
+            if n_fields == 1:
+                out = out[..., 0].transpose(0, 1) * self.scale  # (K, J, M)
+                prod = batch.rule.apply(block.win, out).reshape(k, -1)  # (K, J*M)
+            else:
+                out = out.transpose(0, 1) * self.scale  # (K, J, M, F)
+                prod = batch.rule.apply(block.win.unsqueeze(-1), out).reshape(k, -1, n_fields)  # (K, J*M, F)
             total = total.index_add(1, block.index, prod)
         return total[:, :n]
 
     def value(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-        """Solution at ``x`` (N, d) without gradients, in chunks: (N,)."""
+        """The fields at ``x`` (N, d) without gradients, in chunks: (N, F)."""
         with torch.no_grad():
             parts = [self.forward(self.prepare(x[i:i + chunk]))[0].cpu() for i in range(0, x.shape[0], chunk)]
-        return torch.cat(parts) if parts else torch.zeros(0, dtype=self.dtype)
+        return torch.cat(parts) if parts else torch.zeros(0, len(self.fields), dtype=self.dtype)
 
-    def autograd(self, x: torch.Tensor, orders) -> dict:
-        """Reference derivatives by nested autograd through windows, networks and ansatz."""
-        return autograd_derivatives(lambda y: self.forward(self.prepare(y))[0], x.to(self.dtype), orders)
+    def autograd(self, x: torch.Tensor, orders, field: int = 0) -> dict:
+        """Reference derivatives of field ``field`` by nested autograd through windows, networks and ansatz."""
+        return autograd_derivatives(lambda y: self.forward(self.prepare(y))[0, :, field], x.to(self.dtype), orders)
 
     def parameter_arrays(self) -> dict:
         """Stacked weights per level and layer, as numpy arrays for the results file."""

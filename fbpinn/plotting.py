@@ -16,6 +16,10 @@ solution or, where there is none, the numerical reference stored in the file:
     wavefield.gif      2 and more space axes + ``t`` only: u | target | error over the first
                        two space axes, one frame per test time (at most ``MAX_FRAMES``)
 
+A run of several fields (a system of equations) gets the solution, error, slices and
+wavefield figures once per field, named with the field (``solution_p.png``); training.png
+then shows each field's error beside the overall one.
+
 :func:`plot_compare` overlays the solutions of several 1-D runs in one figure, e.g. a
 network fitted to data alone against a physics-informed one.  Both are called by
 ``fbpinn plot`` (:mod:`fbpinn.cli`).  Windows are recomputed from the decomposition
@@ -44,7 +48,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from .decomposition import Level  # noqa: E402
 from .domains import Box  # noqa: E402
-from .io import TEMPORARY, ResultsError, new_folders, read_results, staged  # noqa: E402
+from .io import TEMPORARY, ResultsError, field_names, new_folders, read_results, solution_names, staged  # noqa: E402
 
 DPI = 120
 N_SLICES = 3  # slices along the last axis drawn in solution.png and error.png of 3-D and higher problems
@@ -88,20 +92,44 @@ def plot_run(path) -> list[Path]:
     path = Path(path)
     data = read_results(path)
     folder = path.parent
-    figures = [("solution.png", _plot_solution)]
-    if _target(data)[0]:
-        figures.append(("error.png", _plot_error))
-    figures += [("decomposition.png", _plot_decomposition), ("training.png", _plot_training)]
+    fields = field_names(data["attrs"])
+    views = [("", data)] if len(fields) == 1 else [(f"_{f}", _field_view(data, i)) for i, f in enumerate(fields)]
+    figures = []
+    for suffix, view in views:
+        figures.append((f"solution{suffix}.png", _plot_solution, view))
+        if _target(view)[0]:
+            figures.append((f"error{suffix}.png", _plot_error, view))
+    figures += [("decomposition.png", _plot_decomposition, views[0][1]), ("training.png", _plot_training, data)]
     n_space = _n_space(data)
     if n_space:
-        figures.append(("slices.png", _plot_slices))
+        figures += [(f"slices{suffix}.png", _plot_slices, view) for suffix, view in views]
     if n_space >= 2:
-        figures.append(("wavefield.gif", _plot_wavefield))
+        figures += [(f"wavefield{suffix}.gif", _plot_wavefield, view) for suffix, view in views]
     with _drawing(path, folder), staged() as stage:
-        for name, draw in figures:
+        for name, draw, view in figures:
             with _drawing(path, folder / name):
-                draw(data, stage(folder / name))
-    return [folder / name for name, _ in figures]
+                draw(view, stage(folder / name))
+    return [folder / name for name, _, _ in figures]
+
+
+def _field_view(data, i: int) -> dict:
+    """``data`` as if field ``i`` of a several-field run were its only field: its solution,
+    target and error under the names of a single-field file, its own final error, and the
+    field named in the problem attribute (which titles show)."""
+    fields = field_names(data["attrs"])
+    sol = data["solution"]
+    target = sol["attrs"].get("target")
+    _, name, target_name, error_name = solution_names(fields, target)[i]
+    view_sol = {k: v for k, v in sol.items() if k.startswith("axis_") or k == "attrs"}
+    view_sol["u"] = sol[name]
+    if target_name:
+        view_sol[target], view_sol["error"] = sol[target_name], sol[error_name]
+    training = dict(data["training"])
+    if "rel_l2_fields" in training:
+        training["rel_l2"] = training["rel_l2_fields"][:, i]
+    attrs = dict(data["attrs"], problem=f"{data['attrs']['problem']}, field {fields[i]}", field=fields[i])
+    return {**{k: v for k, v in data.items() if k != "observations"}, "attrs": attrs, "solution": view_sol,
+            "training": training}
 
 
 def plot_compare(paths, out) -> Path:
@@ -126,6 +154,9 @@ def plot_compare(paths, out) -> Path:
     if not runs:
         raise ValueError("plot_compare needs at least one results file")
     for p, data in runs:
+        if len(field_names(data["attrs"])) > 1:
+            raise ResultsError(f"{p}: comparison plots need single-field problems; problem "
+                               f"{data['attrs']['problem']!r} has the fields {', '.join(field_names(data['attrs']))}")
         axes = _axis_names(data)
         if len(axes) != 1:
             raise ResultsError(f"{p}: comparison plots need 1-D problems; problem {data['attrs']['problem']!r} "
@@ -159,7 +190,7 @@ def _plot_comparison(runs, path: Path) -> Path:
         if exact is not None:
             _ylim_to(ax, exact[1])
         ax.set_xlabel(_axis_names(runs[0][1])[0])
-        ax.set_ylabel("u")
+        ax.set_ylabel(_field_label(data))
         problems = sorted({d["attrs"]["problem"] for _, d in runs})
         ax.set_title(f"{', '.join(problems)}: {len(runs)} runs compared")
         ax.legend(fontsize=8)
@@ -182,7 +213,7 @@ def _plot_solution(data, path: Path) -> Path:
                 ax.scatter(obs["x"][:, 0], obs["u"], s=22, color="C3", edgecolor="k", linewidth=0.5, zorder=3,
                            label=f"{len(obs['u'])} observations")
             ax.set_xlabel(axes[0])
-            ax.set_ylabel("u")
+            ax.set_ylabel(_field_label(data))
             ax.legend(fontsize=9)
             ax.set_title(title, fontsize=10)
         return path
@@ -195,7 +226,7 @@ def _plot_error(data, path: Path) -> Path:
     err = np.abs(sol["u"] - target)
     title = _title(data)
     if len(axes) > 1:
-        return _heatmaps(data, path, [(f"|u - {name}|", err, "positive")], title, None)
+        return _heatmaps(data, path, [(f"|{_field_label(data)} - {name}|", err, "positive")], title, None)
     with _figure(path, figsize=(8, 4.5)) as (fig, axs):
         ax = axs[0, 0]
         ax.semilogy(_grid(data)[0], err, color="C3", lw=1.2)
@@ -204,7 +235,7 @@ def _plot_error(data, path: Path) -> Path:
             ax.axvspan(obs["x"][:, 0].min(), obs["x"][:, 0].max(), color="C2", alpha=0.15, label="observed range")
             ax.legend(fontsize=9)
         ax.set_xlabel(axes[0])
-        ax.set_ylabel(f"|u - {name}|")
+        ax.set_ylabel(f"|{_field_label(data)} - {name}|")
         ax.set_title(title, fontsize=10)
     return path
 
@@ -254,7 +285,11 @@ def _plot_training(data, path: Path) -> Path:
                      fontsize=10)
         if finite.any():
             ax = axs[0, 1]
-            ax.plot(step[finite], rel[finite], "o-", color="C3", ms=4)
+            ax.plot(step[finite], rel[finite], "o-", color="C3", ms=4, label="all fields")
+            if "rel_l2_fields" in tr:
+                for i, f in enumerate(field_names(data["attrs"])):
+                    ax.plot(step, tr["rel_l2_fields"][:, i], "-", color=f"C{i % 10}", lw=1.2, label=f)
+                ax.legend(fontsize=9)
             ax.set_yscale("log")
             ax.set_xlabel("step")
             ax.set_ylabel("test relative L2 error")
@@ -324,7 +359,7 @@ def _plot_slices(data, path: Path) -> Path:
             ax.set_title(f"{axes[-1]} = {t[k]:.3g}", fontsize=10)
         if name:
             _ylim_to(axs[0, 0], target)
-        axs[0, 0].set_ylabel("u")
+        axs[0, 0].set_ylabel(_field_label(data))
         axs[0, 0].legend(fontsize=8)
     return path
 
@@ -507,9 +542,10 @@ def _fields(data) -> list:
     signed error u - target (kinds as in :func:`_colour_range`)."""
     u = data["solution"]["u"]
     name, target = _target(data)
-    fields = [("u (FBPINN)", u, "value")]
+    f = _field_label(data)
+    fields = [(f"{f} (FBPINN)", u, "value")]
     if name:
-        fields += [(name, target, "value"), (f"error u - {name}", u - target, "signed")]
+        fields += [(name, target, "value"), (f"error {f} - {name}", u - target, "signed")]
     return fields
 
 
@@ -521,6 +557,11 @@ def _target(data):
         if name in sol:
             return name, sol[name]
     return None, None
+
+
+def _field_label(data) -> str:
+    """The name of the field a figure draws (``u`` for single-field runs)."""
+    return str(data["attrs"].get("field", field_names(data["attrs"])[0]))
 
 
 def _final_rel_l2(data) -> float:

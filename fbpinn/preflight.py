@@ -150,10 +150,11 @@ def estimate_memory(cfg, ctx) -> MemoryEstimate:
     per_point = sum(math.prod(min(n, cfg.decomposition.overlap) for n in shape)
                     for shape in cfg.decomposition.level_shapes())
     try:
-        k = len(closure(parse(n, axes) for n in problem_cls.needs))
+        k = len(closure(parse(n, axes, tuple(problem_cls.fields)) for n in problem_cls.needs))
     except ValueError:
         k = 1  # an unsupported derivative is reported by the config's validation
-    bytes_per_pair = itemsize * (WORDS_PER_HIDDEN * sum(cfg.network.hidden) + WORDS_PER_PAIR)
+    bytes_per_pair = itemsize * (WORDS_PER_HIDDEN * sum(cfg.network.hidden) + WORDS_PER_PAIR
+                                 + 4 * (len(problem_cls.fields) - 1))  # each further field: output, window product, sum
     pairs = math.ceil(points * per_point * PADDING)
     test_pairs = math.ceil(min(test_points, 2**20) * per_point * PADDING)
     total = WORKSPACE * (pairs * k * bytes_per_pair + test_pairs * bytes_per_pair)

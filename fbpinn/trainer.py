@@ -6,8 +6,9 @@ Glossary of short names used below:
     x       (N, d) points; ``x_test`` this rank's box of the test grid
     term    one loss term (residual, soft condition or observations) and its points
     batch   a term's points prepared by :meth:`FBPINN.prepare` (pairs, windows, ansatz)
-    U       (K, N) solution and derivatives at a batch's points
-    rel_l2  ||u - u_exact|| / ||u_exact|| on the test grid
+    U       (K, N, F) fields and derivatives at a batch's points
+    F       the problem's fields (one for most problems: u)
+    rel_l2  ||u - u_exact|| / ||u_exact|| on the test grid, over all fields
 
 :func:`train` runs a config and returns a :class:`Run`, which :mod:`fbpinn.io` writes
 to ``run.h5``.
@@ -52,8 +53,9 @@ class Run:
     term_names: list
     history: dict = field(default_factory=dict)  # name -> list, aligned at evaluation steps
     loss_per_step: list = field(default_factory=list)
-    u_test: torch.Tensor | None = None  # (N_test,) on rank 0, test grid flattened, first axis slowest
-    u_exact: torch.Tensor | None = None  # the exact solution, or the reference where none is known
+    u_test: torch.Tensor | None = None  # (N_test,) on rank 0, test grid flattened, first axis slowest; (N_test, F)
+    # for F > 1 fields
+    u_exact: torch.Tensor | None = None  # as u_test: the exact solution, or the reference where none is known
     has_exact: bool = False  # whether u_exact (or the per-rank blocks' "exact") is set
     target: str = "exact"  # "exact" or "reference": what u_exact holds
     learned: dict = field(default_factory=dict)
@@ -145,12 +147,13 @@ class Trainer:
         self.optimizer = Adam(self.params, lr=tr.lr)
         # This rank's box of the test grid (the whole grid on one process); no rank builds the whole grid.
         self.test_offset, self.test_shape, self.x_test = self._test_block()  # x_test: (n_local, d) float64
+        self.n_fields = len(self.problem.fields)
         exact = self.problem.exact(self.x_test)
         self.target = "exact"
         if exact is None:
             exact = self._reference_block()
             self.target = "reference"
-        self.exact_local = None if exact is None else exact.double()
+        self.exact_local = None if exact is None else exact.double().reshape(-1, self.n_fields)  # (n_local, F)
         small = self.x_test.shape[0] <= self.PREPARED_TEST_POINTS
         self.test_batch = self.model.prepare(self.x_test) if small else None
         self._loss = self._compiled_loss if tr.compile else self._loss_impl
@@ -177,7 +180,7 @@ class Trainer:
                                                                 for t in self.full_terms]
         # All terms' points go through the model in one pass; each term reads its slice.
         x = torch.cat([t.x.to(self.dtype) for t in self.terms])  # (N, d)
-        orders = {parse(n, self.problem.axes) for t in self.terms for n in t.needs}
+        orders = {parse(n, self.problem.axes, self.problem.fields) for t in self.terms for n in t.needs}
         frozen = None if st.trainable is None else ~st.trainable  # summed once, here
         self.batch = self.model.prepare(x, orders, frozen)
         bounds = [0]
@@ -207,11 +210,13 @@ class Trainer:
         self.optimizer = Adam(self.params, lr=self.cfg.training.lr)
 
     def _loss_impl(self):
-        U = self.model(self.batch)  # (K, N)
+        U = self.model(self.batch)  # (K, N, F)
         parts = []
         for term, sl in zip(self.terms, self.slices):
-            d = Derivs(U[:, sl], self.batch.orders, self.problem.axes)
-            r = term.residual(term.x, d)  # (n,)
+            d = Derivs(U[:, sl], self.batch.orders, self.problem.axes, self.problem.fields, self.problem.name)
+            r = term.residual(term.x, d)  # (n,), (n, E) or E tensors (n,): one per equation of a system
+            if isinstance(r, (tuple, list)):
+                r = torch.stack(list(r), dim=-1)
             if term.target is not None:
                 r = r - term.target
             parts.append(term.weight * (r * r).sum() / (term.n_global or r.shape[0]))
@@ -293,42 +298,50 @@ class Trainer:
         if ref is None:
             return None
         box = tuple(slice(o, o + n) for o, n in zip(self.test_offset, self.test_shape))
-        return ref.reshape(self.cfg.test.points)[box].reshape(-1)
+        return ref.reshape(*self.cfg.test.points, self.n_fields)[box].reshape(-1, self.n_fields)
 
     def evaluate(self):
-        """This rank's test-grid solution and the global relative L2 error (nan without an exact solution)."""
+        """This rank's test-grid fields (n_local, F) and the global relative L2 errors: over all
+        fields, then per field (F + 1 values; nan without an exact solution)."""
         self.dist.refresh_halo()
         with torch.no_grad():
             if self.test_batch is not None:
                 u = self.model(self.test_batch)[0].cpu()
             else:
                 u = self.model.value(self.x_test)
-        err = math.nan
+        errors = np.full(self.n_fields + 1, math.nan)
         if self.exact_local is not None:
             e = self.exact_local
-            sums = self.ctx.allreduce(np.array([float(((u.double() - e) ** 2).sum()), float((e * e).sum())]))
-            err = math.sqrt(sums[0] / sums[1])
-        return u, err
+            sums = self.ctx.allreduce(np.concatenate([((u.double() - e) ** 2).sum(0).numpy(), (e * e).sum(0).numpy()]))
+            num, den = sums[:self.n_fields], sums[self.n_fields:]
+            errors[0] = math.sqrt(num.sum() / den.sum())
+            with np.errstate(divide="ignore", invalid="ignore"):
+                errors[1:] = np.sqrt(num / den)  # a field whose exact value is zero everywhere: inf or nan
+        return u, errors
 
     def solution_block(self, u_local: torch.Tensor) -> dict:
         """This rank's box of the test grid: offset, shape, u and the exact solution."""
-        exact = None if self.exact_local is None else self.exact_local.numpy().reshape(self.test_shape)
+        shape = (*self.test_shape, self.n_fields)
+        exact = None if self.exact_local is None else self.exact_local.numpy().reshape(shape)
         return {"rank": self.ctx.rank, "offset": self.test_offset, "shape": self.test_shape,
-                "u": u_local.double().numpy().reshape(self.test_shape), "exact": exact, "target": self.target}
+                "u": u_local.double().numpy().reshape(shape), "exact": exact, "target": self.target,
+                "fields": tuple(self.problem.fields)}
 
     def gather_solution(self, u_local: torch.Tensor):
         """The test-grid solution and exact solution (or None) assembled on rank 0; (None, None) elsewhere."""
         parts = self.ctx.gather(self.solution_block(u_local))
         if parts is None:
             return None, None
-        u = np.zeros(self.cfg.test.points)
-        exact = None if self.exact_local is None else np.zeros(self.cfg.test.points)
+        shape = (*self.cfg.test.points, self.n_fields)
+        u = np.zeros(shape)
+        exact = None if self.exact_local is None else np.zeros(shape)
         for p in parts:
             box = tuple(slice(o, o + n) for o, n in zip(p["offset"], p["shape"]))
             u[box] = p["u"]
             if exact is not None:
                 exact[box] = p["exact"]
-        return torch.from_numpy(u.reshape(-1)), None if exact is None else torch.from_numpy(exact.reshape(-1))
+        flat = lambda a: torch.from_numpy(a.reshape(-1) if self.n_fields == 1 else a.reshape(-1, self.n_fields))  # noqa: E731
+        return flat(u), None if exact is None else flat(exact)
 
     def run(self, checkpoints=None, resume: dict | None = None) -> Run:
         """Train to ``training.steps``; returns the :class:`Run`.
@@ -343,6 +356,8 @@ class Trainer:
         run = Run(cfg, self.model, self.problem, [t.name for t in self.terms], start_time=time.time(),
                   n_ranks=self.ctx.size, target=self.target)
         hist = {"step": [], "loss": [], "loss_terms": [], "rel_l2": [], "time": [], "lr": [], "stage": []}
+        if self.n_fields > 1:
+            hist["rel_l2_fields"] = []  # (E, F): the error of each field
         first, elapsed = 1, 0.0  # elapsed: training time of the earlier segments of a resumed run
         if resume is not None:
             ckpt.restore(self, resume)
@@ -369,11 +384,13 @@ class Trainer:
                                         + f"); lower training.lr or check the problem's scales{kept}")
                 last = step == tr.steps
                 if step % tr.eval_every == 0 or last or step == 1:
-                    u_local, err = self.evaluate()
+                    u_local, errors = self.evaluate()
                     hist["step"].append(step)
                     hist["loss"].append(value)
                     hist["loss_terms"].append(parts.tolist())
-                    hist["rel_l2"].append(err)
+                    hist["rel_l2"].append(float(errors[0]))
+                    if self.n_fields > 1:
+                        hist["rel_l2_fields"].append(errors[1:].tolist())
                     hist["time"].append(elapsed + time.perf_counter() - t0)
                     hist["lr"].append(lr)
                     hist["stage"].append(self.stage.index)
@@ -383,6 +400,9 @@ class Trainer:
                     t_log, step_log = now, step
                     eta = (tr.steps - step) / rate if rate > 0 else 0.0
                     err_text = f"  rel_l2 {hist['rel_l2'][-1]:.3e}" if hist["step"][-1] == step else ""
+                    if err_text and self.n_fields > 1:
+                        err_text += " (" + ", ".join(f"{name} {e:.3e}" for name, e in
+                                                     zip(self.problem.fields, hist["rel_l2_fields"][-1])) + ")"
                     learned = "".join(f"  {k} {v.item():.5g}" for k, v in self.problem.parameters().items())
                     logger.info("step %*d/%d  loss %.4e%s%s  %.0f steps/s  ETA %s", len(str(tr.steps)), step,
                                 tr.steps, value, err_text, learned, rate, _hms(eta))

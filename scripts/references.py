@@ -1,8 +1,10 @@
-"""Accuracy of the space-time studies against their exact or numerical reference solutions.
+"""Accuracy of the space-time studies, systems, fourth-order and user-module examples against
+their exact or numerical reference solutions.
 
 Trains each case once with its shipped config (as the user would run it) and records
-the final test relative L2 error (against the exact solution for wave1d, the Cole-Hopf
-quadrature for burgers, the finite-difference solution for wave2d), the wall time of
+the final test relative L2 error (against the exact solution for wave1d, acoustic1d, beam and
+the helmholtz1d example, the Cole-Hopf quadrature for burgers, the finite-difference solution
+for wave2d, a fine Runge-Kutta solution for lotka_volterra; systems also per field), the wall time of
 training and the step rate.  Each run updates its row of the table in its section of
 docs/benchmarks.md; rows of cases not run this time are kept.
 
@@ -26,7 +28,7 @@ import fbpinn
 from mdsection import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "Space-time problems against reference solutions"
+SECTION = "Space-time problems, systems and fourth order against reference solutions"
 
 # name, config, overrides, what the error is measured against, target
 CASES = [
@@ -34,6 +36,10 @@ CASES = [
     ("wave1d", "configs/wave1d.toml", [], "d'Alembert (exact)", None),
     ("wave1d, time-marching", "configs/wave1d.toml", ["schedule.kind=time_marching"], "d'Alembert (exact)", None),
     ("wave2d_small", "configs/wave2d_small.toml", [], "finite differences", 5e-2),
+    ("acoustic1d (system: p, v)", "configs/acoustic1d.toml", [], "standing waves (exact)", 1e-2),
+    ("lotka_volterra (system: prey, predator)", "configs/lotka_volterra.toml", [], "Runge-Kutta, 200 steps per test interval", 1e-2),
+    ("beam (fourth order)", "configs/beam.toml", [], "vibration modes (exact)", 1e-2),
+    ("helmholtz1d (problem.module)", "examples/helmholtz1d.toml", [], "exact", 1e-2),
 ]
 HEADER = ["| study | config and overrides | error measured against | rel L2 | target | steps | training time | "
           "steps/s | date |", "|---|---|---|---|---|---|---|---|---|"]
@@ -53,10 +59,13 @@ def main(argv=None) -> int:
         cfg = fbpinn.load_config(ROOT / path, overrides)
         run = fbpinn.train(cfg)
         err = run.history["rel_l2"][-1]
+        fields = run.history.get("rel_l2_fields")
+        per_field = "" if not fields else " (" + ", ".join(
+            f"{f} {e:.2e}" for f, e in zip(run.problem.fields, fields[-1])) + ")"
         steps = cfg.training.steps
         setting = f"`{path}`" + "".join(f" `--set {o}`" for o in overrides)
         verdict = "-" if target is None else f"≤ {target:.0e} ({'met' if err <= target else 'missed'})"
-        rows[name] = (f"| {name} | {setting} | {versus} | {err:.2e} | {verdict} | {steps} | "
+        rows[name] = (f"| {name} | {setting} | {versus} | {err:.2e}{per_field} | {verdict} | {steps} | "
                       f"{run.wall_time / 60:.1f} min | {steps / run.wall_time:.1f} | {time.strftime('%Y-%m-%d')} |")
         print(rows[name], flush=True)
     rows = {**_existing_rows(out), **rows}  # read late: another run may have added its row meanwhile

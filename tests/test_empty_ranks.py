@@ -59,7 +59,7 @@ def test_pairs_and_blocks_of_no_points():
                        held=[[1, 2]])
         batch = model.prepare(x, [(0, 0)])
         u = model(batch)
-        assert u.shape == (len(batch.orders), 0) and batch.pairs() >= 1
+        assert u.shape == (len(batch.orders), 0, 1) and batch.pairs() >= 1
         loss = (u * u).sum()
         assert loss.item() == 0.0 and loss.requires_grad
         loss.backward()

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-import fbpinn
 from fbpinn import checkpoint as ckpt
 from fbpinn import plugins, registry
 from fbpinn.cli import main
@@ -413,7 +412,7 @@ def test_example_trains_resumes_on_two_ranks_and_reads_without_its_module(tmp_pa
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "codes [0, 0, 0]" in proc.stdout
-    assert f"problem helmholtz1d," in proc.stdout and f"problem module {module} (sha256 {sha})" in proc.stdout
+    assert "problem helmholtz1d," in proc.stdout and f"problem module {module} (sha256 {sha})" in proc.stdout
     assert (out / "solution.png").is_file() and (out / "training.png").is_file()
     merged = read_results(out / "run_merged.h5")
     assert "parts" not in merged["solution"]["attrs"]

@@ -1,14 +1,16 @@
 """Problems: the differential equations fbpinn solves, registered by name.
 
-A problem is a small subclass of :class:`Problem`: its axes and domain, the
-derivatives its residual needs (by name, ``"u_tt"``), ``residual``, an optional
-hard-constraint ansatz ``u = A(x) + B(x) * u_hat``, the exact solution where known,
+A problem is a small subclass of :class:`Problem`: its axes and domain, its fields
+(``("u",)``, or several for a system: ``("p", "v")``), the derivatives its residual
+needs (by name, ``"u_tt"``, ``"v_x"``), ``residual``, an optional hard-constraint
+ansatz ``u = A(x) + B(x) * u_hat`` per field, the exact solution where known,
 extra loss terms (soft boundary conditions, observations) and learnable constants.
 Its ``Params`` dataclass lists the keys of the config's ``[problem]`` table.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,25 @@ from ..domains import Box
 # reason (a weighted squared residual must stay far from float32's 3e38).
 SCALE = 1e6
 WEIGHT_MAX = 1e12
+
+# A field's name: a letter, then letters and digits (no "_": it separates the field from the
+# axis letters of a derivative name, "p_tt").  The reserved names are the results file's
+# datasets beside the fields.
+FIELD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+RESERVED_FIELDS = ("exact", "reference", "error")
+
+
+def check_fields(fields, axes) -> str | None:
+    """What is wrong with a problem's ``fields`` (given its ``axes``), or None."""
+    if not isinstance(fields, tuple) or not fields:
+        return f"fields must be a non-empty tuple of names, got {fields!r}"
+    for f in fields:
+        if not isinstance(f, str) or not FIELD_NAME.match(f) or f in RESERVED_FIELDS:
+            return (f"field name {f!r} must be a letter followed by letters and digits (no '_'), and none of "
+                    f"{', '.join(RESERVED_FIELDS)}")
+    if len(set(fields)) != len(fields):
+        return f"fields {fields} name a field twice"
+    return None
 
 
 @dataclass
@@ -108,16 +129,24 @@ class Term:
 
 
 class Derivs:
-    """Named view of a (K, N) stack of derivatives: ``d["u"]``, ``d["u_xx"]``."""
+    """Named view of a (K, N, F) stack of derivatives of F fields: ``d["u"]``, ``d["u_xx"]``, ``d["v_t"]``.
 
-    def __init__(self, stack: torch.Tensor, orders, axes):
-        self.stack, self.axes = stack, axes
+    ``orders`` are the K multi-indices that were computed (those the problem's ``needs`` and its
+    terms' ``needs`` name, and their lower orders); asking for another derivative is a KeyError
+    that names it and says where to add it."""
+
+    def __init__(self, stack: torch.Tensor, orders, axes, fields=("u",), problem: str = "?"):
+        self.stack, self.axes, self.fields, self.problem = stack, tuple(axes), tuple(fields), problem
         self.pos = {o: k for k, o in enumerate(orders)}
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        from ..derivatives import parse
+        from ..derivatives import split_name
 
-        return self.stack[self.pos[parse(name, self.axes)]]
+        field, order = split_name(name, self.axes, self.fields)
+        if order not in self.pos:
+            raise KeyError(f"problem {self.problem!r} uses {name}, which was not computed: add {name!r} to the "
+                           "problem's needs (or to the needs of the loss term that uses it)")
+        return self.stack[self.pos[order], :, field]
 
 
 class Problem:
@@ -125,6 +154,7 @@ class Problem:
 
     name = "?"
     axes: tuple = ("x",)
+    fields: tuple = ("u",)  # the solution's fields, one network output each; names as in FIELD_NAME
     lo: tuple = (0.0,)
     hi: tuple = (1.0,)
     needs: tuple = ("u",)
@@ -157,15 +187,17 @@ class Problem:
     has_constraint = False
 
     def constraint(self, x: torch.Tensor):
-        """Hard-constraint ansatz: ``(A, B)`` each (N,), with ``u = A + B * u_hat``."""
+        """Hard-constraint ansatz: ``(A, B)`` with ``u = A + B * u_hat``, each (N,) for one field or
+        (N, F) for F fields (column f holds field f's ansatz; A = 0, B = 1 leaves a field free)."""
         raise NotImplementedError
 
     def residual(self, x: torch.Tensor, d: Derivs) -> torch.Tensor:
-        """Residual of the equation at ``x`` (N, d): (N,)."""
+        """Residual of the equation at ``x`` (N, d): (N,), or for a system of E equations a tuple of E
+        (N,) tensors (or one (N, E) tensor); the loss sums the squares of all of them."""
         raise NotImplementedError
 
     def exact(self, x: torch.Tensor):
-        """Exact solution at ``x`` (N, d) as (N,), or None when unknown."""
+        """Exact solution at ``x`` (N, d) as (N,), or (N, F) for F fields; None when unknown."""
         return None
 
     reference_name = ""  # how :meth:`reference` computes its solution, for logs and the results file
@@ -174,7 +206,8 @@ class Problem:
         """Numerical reference solution where no exact one is known, or None.
 
         ``axes``: the full test grid's 1-D coordinate vectors (float64), one per axis.
-        Returns a float64 tensor of shape ``[len(a) for a in axes]``."""
+        Returns a float64 tensor of shape ``[len(a) for a in axes]``, with a last axis of length F
+        for F fields."""
         return None
 
     def terms(self, generator: torch.Generator) -> list[Term]:

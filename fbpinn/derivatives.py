@@ -31,6 +31,7 @@ limit (:data:`MAX_ORDER`); the index tables are built once per closure.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -41,9 +42,10 @@ MAX_ORDER = 6  # highest derivative order the forward-mode path provides (cost: 
 def parse(name: str, axes: tuple[str, ...], fields: tuple[str, ...] = ("u",)) -> tuple[int, ...]:
     """``"u"`` -> ``()``, ``"u_xt"`` -> ``(index of x, index of t)`` sorted; the multi-index of
     a derivative name of any of ``fields`` (see :func:`split_name`)."""
-    return split_name(name, axes, fields)[1]
+    return split_name(name, tuple(axes), tuple(fields))[1]
 
 
+@functools.lru_cache(maxsize=4096)  # residuals look names up at every step
 def split_name(name: str, axes: tuple[str, ...], fields: tuple[str, ...] = ("u",)) -> tuple[int, tuple[int, ...]]:
     """A derivative name as (field index, multi-index): with fields ``("p", "v")``, ``"v_xt"`` ->
     ``(1, (index of x, index of t))`` and ``"p"`` -> ``(0, ())``.

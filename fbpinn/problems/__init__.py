@@ -136,7 +136,9 @@ class Derivs:
     that names it and says where to add it."""
 
     def __init__(self, stack: torch.Tensor, orders, axes, fields=("u",), problem: str = "?"):
-        self.stack, self.axes, self.fields, self.problem = stack, tuple(axes), tuple(fields), problem
+        self.axes, self.fields, self.problem = tuple(axes), tuple(fields), problem
+        self.single = len(self.fields) == 1
+        self.stack = stack[..., 0] if self.single else stack  # one field: (K, N), indexed once per name
         self.pos = {o: k for k, o in enumerate(orders)}
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -146,7 +148,7 @@ class Derivs:
         if order not in self.pos:
             raise KeyError(f"problem {self.problem!r} uses {name}, which was not computed: add {name!r} to the "
                            "problem's needs (or to the needs of the loss term that uses it)")
-        return self.stack[self.pos[order], :, field]
+        return self.stack[self.pos[order]] if self.single else self.stack[self.pos[order], :, field]
 
 
 class Problem:

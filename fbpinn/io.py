@@ -460,7 +460,8 @@ def _layout(f: h5py.File, axes, levels: int, fields=("u",)) -> list:
         entries += [(f"solution/{name}", "real", grid, False)
                     for _, _, *names in solution_names(fields, target) for name in names]
     if "observations" in f:
-        entries += [("observations/x", "real", ("N", "d"), True), ("observations/u", "real", ("N",), True)]
+        entries += [("observations/x", "real", ("N", "d"), True),
+                    ("observations/u", "real", ("N",) if len(fields) == 1 else ("N", "F"), True)]
     if "learned" in f:
         entries += [(f"learned/{name}", "real", (), True) for name in f["learned"]]
     for name, level in f["parameters"].items():

@@ -27,7 +27,8 @@ from mdsection import replace_section
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = [("cos1d", "[80000]"), ("laplace2d_multiscale", "[300,300]"), ("burgers", "[200,200]"),
-         ("harmonic_oscillator", "[50000]"), ("wave2d_small", "[30,30,30]")]
+         ("harmonic_oscillator", "[50000]"), ("wave2d_small", "[30,30,30]"), ("acoustic1d", "[300,300]"),
+         ("lotka_volterra", "[100000]"), ("beam", "[200,200]")]
 MEASURE = textwrap.dedent("""
     import json, resource, sys
     import torch

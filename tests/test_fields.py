@@ -240,3 +240,39 @@ def test_runge_kutta_reference_agrees_with_scipy():
                               rtol=1e-13, atol=1e-13)
     assert sol.success
     assert np.abs(ours - sol.y.T).max() <= 1e-8 * np.abs(sol.y).max()
+
+
+def test_system_with_observations_of_both_fields(tmp_path, monkeypatch):
+    # A data term whose residual and target have one column per field, and observations of both
+    # fields stored in and read back from the results file.
+    from fbpinn import registry
+    from fbpinn.problems import Term
+    from fbpinn.registry import register
+
+    monkeypatch.setitem(registry._REGISTRIES, "problem", dict(registry._REGISTRIES["problem"]))  # undone after
+
+    base = fbpinn.registry.get("problem", "lotka_volterra")
+
+    @register("problem", "lotka_volterra_observed")
+    class Observed(base):
+        """Lotka-Volterra with observations of both fields."""
+
+        def terms(self, generator):
+            t = torch.linspace(0.5, 2.0, 7, dtype=torch.float64)[:, None]
+            values = torch.stack([2 + 0 * t[:, 0], 1 + t[:, 0]], dim=1)
+            self._obs = (t, values)
+            return [Term("data", t.to(self.dtype), ("prey", "predator"),
+                         lambda x, d: torch.stack([d["prey"], d["predator"]], dim=1), 10.0, values.to(self.dtype))]
+
+        def observations(self):
+            return getattr(self, "_obs", None)
+
+    cfg = fbpinn.load_config(data={**{k: dict(v) for k, v in LOTKA.items()},
+                                   "problem": {"name": "lotka_volterra_observed", "t_end": 4.0}})
+    run = fbpinn.train(cfg)
+    assert run.term_names == ["physics", "data"]
+    fbpinn.save_results(tmp_path / "run.h5", run)
+    data = read_results(tmp_path / "run.h5")
+    assert data["observations"]["u"].shape == (7, 2)
+    assert np.array_equal(data["observations"]["u"][:, 1], 1 + np.linspace(0.5, 2.0, 7))
+    assert data["training"]["loss_terms"].shape == (3, 2) and (data["training"]["loss_terms"][:, 1] > 0).all()

@@ -124,7 +124,7 @@ def estimate_memory(cfg, ctx) -> MemoryEstimate:
     is sized for its all-together phase."""
     from . import registry
     from .decomposition import Level
-    from .derivatives import closure, parse
+    from .derivatives import FaaDiBruno, closure, parse
     from .parallel import Distribution
 
     tr = cfg.training
@@ -150,9 +150,12 @@ def estimate_memory(cfg, ctx) -> MemoryEstimate:
     per_point = sum(math.prod(min(n, cfg.decomposition.overlap) for n in shape)
                     for shape in cfg.decomposition.level_shapes())
     try:
-        k = len(closure(parse(n, axes, tuple(problem_cls.fields)) for n in problem_cls.needs))
+        orders = closure(parse(n, axes, tuple(problem_cls.fields)) for n in problem_cls.needs)
     except ValueError:
-        k = 1  # an unsupported derivative is reported by the config's validation
+        orders = [()]  # an unsupported derivative is reported by the config's validation
+    k = len(orders)
+    if max(len(o) for o in orders) > 2:  # the general Taylor path also keeps every Faa di Bruno term's factors
+        k += sum(r * len(index) for r, (index, _, _) in FaaDiBruno(orders).terms.items())
     bytes_per_pair = itemsize * (WORDS_PER_HIDDEN * sum(cfg.network.hidden) + WORDS_PER_PAIR
                                  + 4 * (len(problem_cls.fields) - 1))  # each further field: output, window product, sum
     pairs = math.ceil(points * per_point * PADDING)

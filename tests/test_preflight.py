@@ -165,7 +165,8 @@ def held_bytes(trainer) -> int:
 
 @pytest.mark.parametrize("config,points", [
     ("cos1d", "[20000]"), ("laplace2d_multiscale", "[150,150]"), ("burgers", "[100,100]"),
-    ("harmonic_oscillator", "[5000]"), ("wave2d_small", "[20,20,20]"),
+    ("harmonic_oscillator", "[5000]"), ("wave2d_small", "[20,20,20]"), ("acoustic1d", "[100,100]"),
+    ("lotka_volterra", "[20000]"), ("beam", "[60,60]"),
 ])
 def test_estimate_covers_what_a_step_holds(config, points):
     """The estimate is above what a step must hold (measured through the tensors it keeps) and

@@ -260,6 +260,7 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
         for name, arr in _solution_arrays(run.u_test.double().numpy().reshape(fields), exact, problem.fields,
                                           run.target).items():
             sol[name] = arr
+    attach_scales(sol, problem.axes)
     obs = problem.observations()
     if obs is not None:
         data = f.create_group("observations")
@@ -649,24 +650,46 @@ def merge(path, out=None, overwrite: bool = False) -> Path:
         raise ResultsError(f"{out}: the merged file must differ from its source and the source's part files")
     if out.exists() and not overwrite:
         raise FileExistsError(errno.EEXIST, "exists; merge replaces no file unless told to (--overwrite)", str(out))
+    def fill(f):
+        _from_dict(f, data)
+        attach_scales(f["solution"], str(data["attrs"]["axes"]).split(","))  # scales are references: made anew
+
     try:
-        return write_atomic(out, lambda f: _from_dict(f, data))
+        return write_atomic(out, fill)
     except OSError as e:  # name the file asked for, not the temporary one
         raise OSError(e.errno, e.strerror or str(e), str(out)) from None
+
+
+# The attributes by which HDF5 ties dimension scales to datasets (they hold object references into
+# the file): not data, not copied by :func:`merge`, which attaches the scales anew.
+SCALE_ATTRIBUTES = ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST", "_Netcdf4Dimid", "_Netcdf4Coordinates")
+
+
+def attach_scales(sol, axes) -> None:
+    """Make ``/solution/axis_<a>`` the dimension scale of every test-grid dataset's axis ``a`` in
+    group ``sol``, so that netCDF readers (xarray with h5netcdf) name the dimensions by axis."""
+    scales = [sol[f"axis_{a}"] for a in axes]
+    for a, scale in zip(axes, scales):
+        scale.make_scale(f"axis_{a}")
+    for name, ds in sol.items():
+        if isinstance(ds, h5py.Dataset) and not name.startswith("axis_") and ds.ndim == len(axes):
+            for d, (a, scale) in enumerate(zip(axes, scales)):
+                ds.dims[d].attach_scale(scale)
+                ds.dims[d].label = a
 
 
 def _to_dict(g, virtual=None) -> dict:
     """Group ``g`` as nested dicts: "attrs" holds its attributes, each dataset its array (a
     virtual one the array in ``virtual`` under its full name) and "<name>.attrs" its attributes."""
     virtual = virtual or {}
-    out = {"attrs": {k: _attr(v) for k, v in g.attrs.items()}}
+    out = {"attrs": {k: _attr(v) for k, v in g.attrs.items() if k not in SCALE_ATTRIBUTES}}
     for name, item in g.items():
         if isinstance(item, h5py.Group):
             out[name] = _to_dict(item, virtual)
         else:
             out[name] = virtual[item.name] if item.is_virtual else item[()]
             if item.attrs:
-                out[name + ".attrs"] = {k: _attr(v) for k, v in item.attrs.items()}
+                out[name + ".attrs"] = {k: _attr(v) for k, v in item.attrs.items() if k not in SCALE_ATTRIBUTES}
     return out
 
 

@@ -178,7 +178,7 @@ def cmd_plot(args) -> int:
             out = Path(args.compare or Path(args.files[0]).with_name("compare.png"))
             written = [plotting.plot_compare(args.files, out)]
         else:
-            written = plotting.plot_run(args.files[0])
+            written = plotting.plot_run(args.files[0], args.out_dir, args.format, args.dpi)
     except plotting.PlotError as e:
         raise UsageError(str(e)) from None
     for path in written:
@@ -315,6 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "--compare: one figure overlaying their solutions.")
     pl.add_argument("files", nargs="+", help="run.h5 files")
     pl.add_argument("--compare", metavar="PNG", help="write a comparison figure of all files to PNG")
+    pl.add_argument("--out-dir", metavar="DIR", help="write one file's figures to DIR (created if missing) "
+                    "instead of beside the file")
+    pl.add_argument("--format", default="png", help="format of the still figures: png (default), pdf or svg; "
+                    "the wavefield animation stays a GIF")
+    pl.add_argument("--dpi", type=int, default=120, help="resolution of the still figures (20..1200; default 120)")
     pl.set_defaults(func=cmd_plot)
 
     i = sub.add_parser("info", help="summarise a results file", description="Print a summary of a run.h5 file.")

@@ -30,6 +30,7 @@ backend and every figure is closed after saving; the GIF is written by
 
 from __future__ import annotations
 
+import contextvars
 import math
 import tomllib
 from contextlib import contextmanager
@@ -51,6 +52,9 @@ from .domains import Box  # noqa: E402
 from .io import TEMPORARY, ResultsError, field_names, new_folders, read_results, solution_names, staged  # noqa: E402
 
 DPI = 120
+DPI_RANGE = (20, 1200)
+FORMATS = ("png", "pdf", "svg")  # formats of plot_run's still figures
+_DPI = contextvars.ContextVar("dpi", default=DPI)  # the resolution plot_run was asked for
 N_SLICES = 3  # slices along the last axis drawn in solution.png and error.png of 3-D and higher problems
 N_WINDOW_POINTS = 600  # points at which 1-D windows are drawn
 N_TIME_LINES = 5  # times drawn in slices.png with 1 space axis
@@ -68,12 +72,16 @@ class PlotError(ValueError):
 
 
 # ----------------------------------------------------------------------------- public
-def plot_run(path) -> list[Path]:
-    """Draw the figures of one run beside its results file.
+def plot_run(path, out_dir=None, fmt: str = "png", dpi: int = DPI) -> list[Path]:
+    """Draw the figures of one run beside its results file (or in ``out_dir``).
 
     Parameters
     ----------
     path : a ``run.h5`` written by :func:`fbpinn.io.write_results`.
+    out_dir : folder for the figures (created if missing, removed again if drawing fails);
+        the results file's folder by default.
+    fmt : format of the still figures: one of ``FORMATS`` (the animation stays a GIF).
+    dpi : resolution of the still figures, in ``DPI_RANGE``.
 
     Returns
     -------
@@ -90,25 +98,33 @@ def plot_run(path) -> list[Path]:
     PlotError when a figure cannot be written.
     """
     path = Path(path)
+    if fmt not in FORMATS:
+        raise PlotError(f"format {fmt!r}: fbpinn plot writes {', '.join(FORMATS)}")
+    if not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
+        raise PlotError(f"dpi {dpi}: must lie in {DPI_RANGE[0]}..{DPI_RANGE[1]}")
     data = read_results(path)
-    folder = path.parent
+    folder = Path(out_dir) if out_dir is not None else path.parent
     fields = field_names(data["attrs"])
     views = [("", data)] if len(fields) == 1 else [(f"_{f}", _field_view(data, i)) for i, f in enumerate(fields)]
     figures = []
     for suffix, view in views:
-        figures.append((f"solution{suffix}.png", _plot_solution, view))
+        figures.append((f"solution{suffix}.{fmt}", _plot_solution, view))
         if _target(view)[0]:
-            figures.append((f"error{suffix}.png", _plot_error, view))
-    figures += [("decomposition.png", _plot_decomposition, views[0][1]), ("training.png", _plot_training, data)]
+            figures.append((f"error{suffix}.{fmt}", _plot_error, view))
+    figures += [(f"decomposition.{fmt}", _plot_decomposition, views[0][1]), (f"training.{fmt}", _plot_training, data)]
     n_space = _n_space(data)
     if n_space:
-        figures += [(f"slices{suffix}.png", _plot_slices, view) for suffix, view in views]
+        figures += [(f"slices{suffix}.{fmt}", _plot_slices, view) for suffix, view in views]
     if n_space >= 2:
         figures += [(f"wavefield{suffix}.gif", _plot_wavefield, view) for suffix, view in views]
-    with _drawing(path, folder), staged() as stage:
-        for name, draw, view in figures:
-            with _drawing(path, folder / name):
-                draw(view, stage(folder / name))
+    token = _DPI.set(dpi)
+    try:
+        with _drawing(path, folder), new_folders(folder), staged() as stage:
+            for name, draw, view in figures:
+                with _drawing(path, folder / name):
+                    draw(view, stage(folder / name))
+    finally:
+        _DPI.reset(token)
     return [folder / name for name, _, _ in figures]
 
 
@@ -277,6 +293,11 @@ def _plot_training(data, path: Path) -> Path:
         if per_step is not None and len(per_step):
             ax.plot(np.arange(1, len(per_step) + 1), per_step, color="C0", alpha=0.3, lw=0.8, label="every step")
         ax.plot(step, loss, "o-", color="C0", ms=4, label="at evaluations")
+        terms, names = tr.get("loss_terms"), str(tr.get("loss_terms.attrs", {}).get("names", ""))
+        if terms is not None and terms.ndim == 2 and terms.shape[1] > 1:
+            for i, name in enumerate(names.split(",")[:terms.shape[1]]):
+                ax.plot(step, terms[:, i], "-", color=f"C{i + 1}", lw=1.1, label=f"term {name}")
+        _stage_markers(ax, tr)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
@@ -290,6 +311,7 @@ def _plot_training(data, path: Path) -> Path:
                 for i, f in enumerate(field_names(data["attrs"])):
                     ax.plot(step, tr["rel_l2_fields"][:, i], "-", color=f"C{i % 10}", lw=1.2, label=f)
                 ax.legend(fontsize=9)
+            _stage_markers(ax, tr)
             ax.set_yscale("log")
             ax.set_xlabel("step")
             ax.set_ylabel("test relative L2 error")
@@ -298,6 +320,18 @@ def _plot_training(data, path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- pieces
+def _stage_markers(ax, tr) -> None:
+    """Dotted vertical lines at the evaluations where the schedule's stage changed (time-marching:
+    the next slab, then all subdomains together), labelled with the stage entered."""
+    stage, step = tr.get("stage"), tr["step"]
+    if stage is None or len(stage) < 2:
+        return
+    for i in np.flatnonzero(np.diff(stage)) + 1:
+        ax.axvline(step[i], color="0.5", ls=":", lw=0.9)
+        ax.annotate(f"stage {int(stage[i])}", (step[i], 1), xycoords=("data", "axes fraction"), fontsize=7,
+                    rotation=90, va="top", ha="right", color="0.4")
+
+
 def _windows_1d(ax, dec, name, lo, hi) -> None:
     """Normalised windows of one 1-D level on the domain, extents as bars below them."""
     level = Level(Box(lo, hi), dec[name]["attrs"]["shape"].tolist(), float(dec["attrs"]["overlap"]),
@@ -459,7 +493,7 @@ def _figure(path: Path, nrows: int = 1, ncols: int = 1, figsize=(8, 4.5), suptit
         if suptitle:
             fig.suptitle(suptitle, fontsize=11)
         _layout(fig, figsize, bool(suptitle))
-        fig.savefig(path, dpi=DPI, format=_format(path))
+        fig.savefig(path, dpi=_DPI.get(), format=_format(path))
     finally:
         plt.close(fig)
 

@@ -213,6 +213,13 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare, table
+
+    print(table(compare(args.files, force=args.force)))
+    return 0
+
+
 def cmd_merge(args) -> int:
     from .io import merge
 
@@ -321,6 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "the wavefield animation stays a GIF")
     pl.add_argument("--dpi", type=int, default=120, help="resolution of the still figures (20..1200; default 120)")
     pl.set_defaults(func=cmd_plot)
+
+    c = sub.add_parser("compare", help="tabulate several runs: errors, times, differences between solutions",
+                       description="Print one row per results file: problem, steps, final relative L2 error, "
+                                   "training time, and the relative difference between its solution and the "
+                                   "first file's on the first file's test grid (any dimension; other grids are "
+                                   "interpolated).")
+    c.add_argument("files", nargs="+", help="run.h5 files (at least two); the first is the baseline")
+    c.add_argument("--force", action="store_true", help="tabulate runs of different problems too (without "
+                   "differences)")
+    c.set_defaults(func=cmd_compare)
 
     i = sub.add_parser("info", help="summarise a results file", description="Print a summary of a run.h5 file.")
     i.add_argument("file", help="run.h5 file")

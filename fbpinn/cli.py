@@ -213,6 +213,17 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import xdmf
+
+    try:
+        path = xdmf(args.file, args.out)
+    except OSError as e:
+        raise UsageError(f"cannot write {e.filename or args.out}: {e.strerror or e}") from None
+    logger.info("wrote %s", path)
+    return 0
+
+
 def cmd_compare(args) -> int:
     from .compare import compare, table
 
@@ -328,6 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "the wavefield animation stays a GIF")
     pl.add_argument("--dpi", type=int, default=120, help="resolution of the still figures (20..1200; default 120)")
     pl.set_defaults(func=cmd_plot)
+
+    x = sub.add_parser("export", help="describe a results file for ParaView/VTK (XDMF)",
+                       description="Write RUN.xdmf beside RUN (a run.h5): an XDMF 2 description of the test grid and "
+                                   "the solution datasets of RUN, which ParaView and VTK open; the data stays in RUN.")
+    x.add_argument("file", help="run.h5 file")
+    x.add_argument("--xdmf", action="store_true", help="write XDMF (the default and only format)")
+    x.add_argument("--out", metavar="FILE", help="where to write it (default: the file's name with .xdmf)")
+    x.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compare", help="tabulate several runs: errors, times, differences between solutions",
                        description="Print one row per results file: problem, steps, final relative L2 error, "

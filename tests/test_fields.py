@@ -26,6 +26,16 @@ ACOUSTIC = {"problem": {"name": "acoustic1d"},
             "test": {"points": [21, 11]}}
 
 
+def split_run(tmp_path, steps: int = 5):
+    """``acoustic1d`` trained for ``steps`` steps on 2 ranks with per-rank output: the path of its
+    run.h5 (in tmp_path/p), whose solution datasets are virtual over run_p0.h5 and run_p1.h5."""
+    cfg = write_toml({**ACOUSTIC, "training": {**ACOUSTIC["training"], "steps": steps}}, tmp_path / "c.toml")
+    proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg), "--out", str(tmp_path / "p"),
+                      "--set", "output.per_rank=true"], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return tmp_path / "p" / "run.h5"
+
+
 def run_cli(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "fbpinn", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout)

@@ -7,8 +7,8 @@ import pytest
 
 import fbpinn
 from fbpinn.io import read_results
-from test_fields import ACOUSTIC, run_cli
-from test_parallel import mpirun, needs_mpi, write_toml
+from test_fields import run_cli, split_run
+from test_parallel import needs_mpi
 
 xr = pytest.importorskip("xarray")
 pytest.importorskip("h5netcdf")
@@ -35,10 +35,7 @@ def test_one_field_file_names_its_dimensions(tmp_path):
 
 @needs_mpi
 def test_system_split_over_ranks_and_merged_names_its_dimensions(tmp_path):
-    cfg = write_toml({**ACOUSTIC, "training": {**ACOUSTIC["training"], "steps": 5}}, tmp_path / "c.toml")
-    proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg), "--out", str(tmp_path / "p"),
-                      "--set", "output.per_rank=true"], timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    split_run(tmp_path)
     names = ["p", "v", "exact_p", "exact_v", "error_p", "error_v"]
     with h5py.File(tmp_path / "p" / "run.h5") as f:
         assert f["solution/p"].is_virtual and f["solution/p"].dims[1].label == "t"

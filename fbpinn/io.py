@@ -337,6 +337,15 @@ def read_results(path) -> dict:
     what the schema above describes (groups, attributes, datasets, their kinds and shapes), holds
     links to other files (see :func:`_check_objects`), or is damaged in any way HDF5 notices."""
     path = Path(path)
+    with _checked(path) as f:
+        return _to_dict(f, _read_virtual(f, path))
+
+
+@contextmanager
+def _checked(path: Path):
+    """The results file ``path`` open for reading, once everything :func:`read_results` checks
+    before it reads the data holds (the part files are checked when they are read); every
+    failure inside the block becomes a ResultsError naming ``path``."""
     if not path.is_file():
         raise ResultsError(f"{path}: no such file")
     try:
@@ -363,7 +372,7 @@ def read_results(path) -> dict:
         levels = _levels(f, path)
         _check_entries(f, path, _SCHEMA + _layout(f, axes, levels, fields), dims)
         _check_values(f, path, axes, levels, dims, fields)
-        return _to_dict(f, _read_virtual(f, path))
+        yield f
 
 
 @contextmanager
@@ -555,7 +564,7 @@ def _check_values(f: h5py.File, path, axes, levels: int, dims: dict, fields=("u"
                            f"the solution's shape {grid}")
 
 
-def _read_virtual(f: h5py.File, path) -> dict:
+def _read_virtual(f: h5py.File, path, copy=None) -> dict:
     """The virtual datasets of /solution, assembled here from the part files, by name.
 
     A source is accepted only if it names one of the part files fbpinn writes beside ``path``
@@ -563,7 +572,10 @@ def _read_virtual(f: h5py.File, path) -> dict:
     block of the virtual dataset; the part file must be a regular file (not a link) with
     format = 'fbpinn-part', links to nothing (:func:`_check_objects`) and hold that dataset
     with the block's shape.  The blocks must cover every point once.  HDF5 itself resolves
-    no virtual source, so no other file is ever opened."""
+    no virtual source, so no other file is ever opened.
+
+    ``copy(name, box, dataset)``: called with each checked block's open part dataset instead of
+    reading it (out of core, :func:`merge`); nothing is assembled and {} is returned."""
     datasets = [ds for ds in f["solution"].values() if isinstance(ds, h5py.Dataset) and ds.is_virtual]
     if not datasets:
         return {}
@@ -586,26 +598,31 @@ def _read_virtual(f: h5py.File, path) -> dict:
     out = {}
     for name, maps in sources.items():
         shape = f[name].shape
-        data, covered = np.full(shape, np.nan), np.zeros(shape, dtype=bool)
+        data, covered = None if copy else np.full(shape, np.nan), np.zeros(shape, dtype=bool)
         for m in maps:
             start, end = m.vspace.get_select_bounds()
             box = tuple(slice(s, e + 1) for s, e in zip(start, end))
             block = tuple(e - s + 1 for s, e in zip(start, end))
             if m.vspace.get_select_npoints() != int(np.prod(block)) or covered[box].any():
                 raise ResultsError(f"{path}: {name} maps {m.file_name} onto a region that is not a box of its own")
-            data[box] = _part_block(path.parent / m.file_name, allowed[m.file_name], name.rsplit("/", 1)[1],
-                                    block, tuple(start), path)
+            use = (lambda ds: ds[()]) if copy is None else (lambda ds, n=name, b=box: copy(n, b, ds))
+            block_data = _part_block(path.parent / m.file_name, allowed[m.file_name], name.rsplit("/", 1)[1],
+                                     block, tuple(start), path, use)
+            if copy is None:
+                data[box] = block_data
             covered[box] = True
         if not covered.all():
             raise ResultsError(f"{path}: the part files cover {int(covered.sum())} of the {covered.size} points "
                                f"of {name}")
-        out[name] = data
+        if copy is None:
+            out[name] = data
     return out
 
 
-def _part_block(part: Path, rank: int, name: str, shape, offset, path) -> np.ndarray:
-    """Dataset ``name`` of the part file ``part`` of rank ``rank``, checked to be the block of
-    ``shape`` at ``offset`` that the results file ``path`` maps from it."""
+def _part_block(part: Path, rank: int, name: str, shape, offset, path, use=lambda ds: ds[()]):
+    """``use`` of dataset ``name`` of the part file ``part`` of rank ``rank`` (by default its
+    data), checked to be the block of ``shape`` at ``offset`` that the results file ``path``
+    maps from it."""
     if part.is_symlink():
         raise ResultsError(f"{part}: is a symbolic link; fbpinn reads part files only beside {path.name}")
     try:
@@ -629,35 +646,83 @@ def _part_block(part: Path, rank: int, name: str, shape, offset, path) -> np.nda
             raise ResultsError(f"{part}: offset {np.asarray(stored).tolist()}, but {path} maps it at {list(offset)}")
         if int(f.attrs.get("rank", rank)) != rank:
             raise ResultsError(f"{part}: holds rank {f.attrs['rank']}'s block, expected rank {rank}'s")
-        return ds[()]
+        return use(ds)
 
 
-def merge(path, out=None, overwrite: bool = False) -> Path:
+MERGE_CHUNK = 2**20  # values (8 MiB of float64) that merge holds in memory at a time, per dataset
+
+
+def merge(path, out=None, overwrite: bool = False, chunk: int = MERGE_CHUNK) -> Path:
     """Write a results file whose solution is split over per-rank files as one self-contained
     file (by default ``<name>_merged.h5`` beside it); returns its path.
 
-    The source is read and checked as by :func:`read_results`.  Raises ResultsError for a bad
-    source or an output that is the source or one of its part files, FileExistsError if
-    ``out`` exists and ``overwrite`` is false, OSError naming ``out`` if it cannot be written."""
+    The source is checked as by :func:`read_results`, and copied dataset by dataset in slabs of
+    at most ``chunk`` values along the first axis, so that memory stays bounded whatever the
+    size of the solution.  Raises ResultsError for a bad source or an output that is the source
+    or one of its part files, FileExistsError if ``out`` exists and ``overwrite`` is false,
+    OSError naming ``out`` if it cannot be written."""
     path = Path(path)
-    data = read_results(path)  # validates, and checks the part files
-    if "parts" not in data["solution"]["attrs"]:
-        raise ResultsError(f"{path}: already self-contained (its solution is not split over per-rank files)")
     out = Path(out) if out else path.with_name(f"{path.stem}_merged{path.suffix}")
-    parts = int(data["solution"]["attrs"].pop("parts"))  # nothing is split any more
-    own = [path] + [path.with_name(part_name(path, r)) for r in range(parts)]
-    if out.resolve() in {p.resolve() for p in own}:
-        raise ResultsError(f"{out}: the merged file must differ from its source and the source's part files")
-    if out.exists() and not overwrite:
-        raise FileExistsError(errno.EEXIST, "exists; merge replaces no file unless told to (--overwrite)", str(out))
-    def fill(f):
-        _from_dict(f, data)
-        attach_scales(f["solution"], str(data["attrs"]["axes"]).split(","))  # scales are references: made anew
+    with _checked(path) as src:
+        _read_virtual(src, path, copy=lambda *block: None)  # every source and part file checked, nothing read
+        sol = src["solution"]
+        if "parts" not in sol.attrs:
+            raise ResultsError(f"{path}: already self-contained (its solution is not split over per-rank files)")
+        own = [path] + [path.with_name(part_name(path, r)) for r in range(int(sol.attrs["parts"]))]
+        if out.resolve() in {p.resolve() for p in own}:
+            raise ResultsError(f"{out}: the merged file must differ from its source and the source's part files")
+        refused = out.exists() and not overwrite  # raised below: an OSError here would read as the source's damage
 
-    try:
-        return write_atomic(out, fill)
-    except OSError as e:  # name the file asked for, not the temporary one
-        raise OSError(e.errno, e.strerror or str(e), str(out)) from None
+        def fill(f):
+            _copy_group(src, f, chunk)
+            del f["solution"].attrs["parts"]  # nothing is split any more
+            merged = f["solution"]
+            for name, ds in sol.items():
+                if ds.is_virtual:
+                    merged.create_dataset(name, shape=ds.shape, dtype="f8")
+            _read_virtual(src, path, copy=lambda name, box, ds: _copy_slabs(ds, merged[name.rsplit("/", 1)[1]],
+                                                                             chunk, box))
+            attach_scales(merged, str(_attr(src.attrs["axes"])).split(","))  # scales are references: made anew
+
+        try:
+            if not refused:
+                return write_atomic(out, fill)
+        except OSError as e:  # the output's failure, not the source's damage (which _checked reports)
+            failed = e
+    if refused:
+        raise FileExistsError(errno.EEXIST, "exists; merge replaces no file unless told to (--overwrite)", str(out))
+    # Named for the file asked for, not the temporary one.
+    raise OSError(failed.errno, failed.strerror or str(failed), str(out)) from None
+
+
+def _copy_group(src, dst, chunk: int) -> None:
+    """Copy group ``src`` into ``dst``: attributes (but the dimension-scale ones), subgroups and
+    datasets, the latter in slabs (:func:`_copy_slabs`); virtual datasets are left out."""
+    dst.attrs.update({k: v for k, v in src.attrs.items() if k not in SCALE_ATTRIBUTES})
+    for name, item in src.items():
+        if isinstance(item, h5py.Group):
+            _copy_group(item, dst.create_group(name), chunk)
+        elif not item.is_virtual:
+            _copy_slabs(item, dst.create_dataset(name, shape=item.shape, dtype=item.dtype), chunk)
+            dst[name].attrs.update({k: v for k, v in item.attrs.items() if k not in SCALE_ATTRIBUTES})
+
+
+def _copy_slabs(src, dst, chunk: int, box=()) -> None:
+    """Copy dataset ``src`` into the region ``box`` (a tuple of slices; all of it by default) of
+    ``dst``, at most ``chunk`` values at a time, slab by slab along the first axis."""
+    def read(index):  # the source's damage is a ResultsError naming it; the output's failures stay OSErrors
+        with _reading(Path(src.file.filename)):
+            return src[index]
+
+    if src.ndim == 0 or src.size == 0:
+        dst[box or ()] = read(())
+        return
+    rows = max(1, chunk // max(1, int(np.prod(src.shape[1:]))))
+    start = box[0].start if box else 0
+    for i in range(0, src.shape[0], rows):
+        n = min(rows, src.shape[0] - i)
+        target = (slice(start + i, start + i + n), *box[1:]) if box else (slice(i, i + n),)
+        dst[target] = read(slice(i, i + n))
 
 
 # The attributes by which HDF5 ties dimension scales to datasets (they hold object references into

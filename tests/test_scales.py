@@ -47,3 +47,30 @@ def test_system_split_over_ranks_and_merged_names_its_dimensions(tmp_path):
         assert not f["solution/p"].is_virtual
         assert f["solution/v"].dims[0][0] == f["solution/axis_x"]  # the scale itself, attached anew
     check_with_xarray(path, ["x", "t"], names)
+
+
+@needs_mpi
+def test_merge_reads_at_most_a_chunk_at_a_time(tmp_path, monkeypatch):
+    # Out of core: every read merge makes holds at most `chunk` values, and the merged file holds
+    # exactly what the split one reads as.
+    import fbpinn.io as io
+
+    path = split_run(tmp_path, steps=1)
+    whole = read_results(path)
+    sizes = []
+    original = h5py.Dataset.__getitem__
+
+    def counting(self, index):
+        value = original(self, index)
+        sizes.append(np.size(value))
+        return value
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", counting)
+    out = io.merge(path, tmp_path / "m.h5", chunk=40)
+    monkeypatch.undo()
+    assert sizes and max(sizes) <= 40 and len(sizes) > 6 * (21 * 11) // 40
+    merged = read_results(out)
+    for name in ("p", "v", "exact_p", "error_v", "axis_x"):
+        assert np.array_equal(merged["solution"][name], whole["solution"][name]), name
+    assert np.array_equal(merged["parameters"]["level0"]["W0"], whole["parameters"]["level0"]["W0"])
+    assert "parts" not in merged["solution"]["attrs"]

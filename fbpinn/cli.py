@@ -228,6 +228,13 @@ def cmd_compare(args) -> int:
     from .compare import compare, table
 
     print(table(compare(args.files, force=args.force)))
+    if args.figure:
+        from . import plotting
+
+        try:
+            logger.info("wrote %s", plotting.plot_differences(args.files, args.figure, args.force))
+        except plotting.PlotError as e:
+            raise UsageError(str(e)) from None
     return 0
 
 
@@ -356,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("files", nargs="+", help="run.h5 files (at least two); the first is the baseline")
     c.add_argument("--force", action="store_true", help="tabulate runs of different problems too (without "
                    "differences)")
+    c.add_argument("--figure", metavar="PNG", help="also draw the runs against the first: lines in 1-D, heat maps "
+                   "of the differences in 2-D and space-time (the suffix picks the format)")
     c.set_defaults(func=cmd_compare)
 
     i = sub.add_parser("info", help="summarise a results file", description="Print a summary of a run.h5 file.")

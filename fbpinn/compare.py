@@ -69,6 +69,15 @@ def interpolate(values: np.ndarray, axes, onto) -> tuple[np.ndarray, np.ndarray]
     return values, inside
 
 
+def on_first_grid(first, data) -> tuple[np.ndarray, np.ndarray]:
+    """The fields of run ``data`` on the test grid of run ``first``, and the mask of that grid's
+    points inside ``data``'s domain (see :func:`interpolate`)."""
+    u = solution(data)
+    if u.shape == solution(first).shape and all(np.array_equal(a, b) for a, b in zip(grid(data), grid(first))):
+        return u, np.ones(u.shape[:-1], dtype=bool)
+    return interpolate(u, grid(data), grid(first))
+
+
 def compare(paths, force: bool = False) -> list[Row]:
     """The rows of a comparison of the results files ``paths`` (at least two)."""
     if len(paths) < 2:
@@ -86,10 +95,7 @@ def compare(paths, force: bool = False) -> list[Row]:
         same_kind = (problem == problems[0] and data["attrs"]["axes"] == first["attrs"]["axes"]
                      and field_names(data["attrs"]) == field_names(first["attrs"]))
         if same_kind:
-            u = solution(data)
-            inside = np.ones(u0.shape[:-1], dtype=bool)
-            if u.shape != u0.shape or any(not np.array_equal(a, b) for a, b in zip(grid(data), grid(first))):
-                u, inside = interpolate(u, grid(data), grid(first))
+            u, inside = on_first_grid(first, data)
             norm = float(np.sqrt((u0[inside] ** 2).sum()))
             difference = float(np.sqrt(((u[inside] - u0[inside]) ** 2).sum())) / norm if norm > 0 else math.nan
         tr = data["training"]

@@ -185,6 +185,56 @@ def plot_compare(paths, out) -> Path:
     return out
 
 
+def plot_differences(paths, out, force: bool = False) -> Path:
+    """The figure of ``fbpinn compare --figure``: the runs ``paths`` against the first, any dimension.
+
+    1-D: every run's fields as lines (and the first run's target in grey), the y-axis spanning
+    all of them.  2-D and space-time: heat maps of the first run's fields and of each other run's
+    difference to them on the first run's test grid (other grids interpolated, blank outside their
+    domain); higher dimensions show slices along the last axis as ``solution.png`` does.
+    Runs that cannot be compared (:func:`fbpinn.compare.compare`) are left out."""
+    from .compare import compare, labels, on_first_grid
+
+    rows = compare(paths, force)
+    runs = [read_results(p) for p in paths]
+    names = labels(paths)
+    first = runs[0]
+    keep = [i for i, r in enumerate(rows) if i == 0 or math.isfinite(r.difference)]
+    fields = field_names(first["attrs"])
+    out = Path(out)
+    if _format(out) not in FigureCanvasBase.get_supported_filetypes():
+        raise PlotError(f"cannot write {out}: matplotlib writes no .{_format(out)} files; name it .png, .pdf or .svg")
+    title = f"{first['attrs']['problem']}: {len(keep)} runs against {names[0]}"
+    with _drawing(", ".join(map(str, paths)), out), new_folders(out.parent), staged() as stage:
+        target = stage(out)
+        if len(_axis_names(first)) == 1:
+            view = (lambda d, f: _field_view(d, f)) if len(fields) > 1 else (lambda d, f: d)  # noqa: E731
+            with _figure(target, ncols=len(fields), figsize=(8 * len(fields), 4.5)) as (fig, axs):
+                for f, field in enumerate(fields):
+                    ax = axs[0, f]
+                    name, values = _target(view(first, f))
+                    if name:
+                        ax.plot(_grid(first)[0], values, color="0.6", lw=3, label=f"{name} ({names[0]})")
+                    for i in keep:
+                        ax.plot(_grid(runs[i])[0], view(runs[i], f)["solution"]["u"], color=f"C{i % 10}", lw=1.4,
+                                label=f"{names[i]}: rel L2 {_fmt(rows[i].rel_l2)}")
+                    ax.set_xlabel(_axis_names(first)[0])
+                    ax.set_ylabel(field)
+                    ax.legend(fontsize=8)
+                    ax.set_title(title, fontsize=10)
+        else:
+            panels = []
+            for f, field in enumerate(fields):
+                base = on_first_grid(first, first)[0][..., f]
+                panels.append((f"{field}: {names[0]}", base, "value"))
+                for i in keep[1:]:
+                    u, inside = on_first_grid(first, runs[i])
+                    panels.append((f"{field}: {names[i]} - {names[0]}", np.where(inside, u[..., f] - base, np.nan),
+                                   "signed"))
+            _heatmaps(first, target, panels, title, None)
+    return out
+
+
 # ----------------------------------------------------------------------------- figures
 def _plot_comparison(runs, path: Path) -> Path:
     """The figure of :func:`plot_compare` of ``runs``, (path, data) of 1-D runs."""

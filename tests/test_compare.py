@@ -71,3 +71,43 @@ def test_different_problems_need_force(tmp_path, capsys):
 def test_labels_tell_files_apart():
     assert labels(["/r/x/run.h5", "/r/y/run.h5"]) == ["x/run.h5", "y/run.h5"]
     assert labels(["/r/x/a.h5", "/r/x/b.h5"]) == ["a.h5", "b.h5"]
+
+
+def svg_texts(path) -> set:
+    import xml.etree.ElementTree as ET
+
+    return {"".join(e.itertext()).strip() for e in ET.parse(path).iter() if e.tag.endswith("text")}
+
+
+@pytest.mark.parametrize("kind", ["1d", "2d", "system"])
+def test_figure_of_the_runs_against_the_first(tmp_path, kind):
+    import matplotlib
+
+    if kind == "1d":
+        cos = {"name": "cos1d"}
+        a, b = run(tmp_path / "a", problem=cos), run(tmp_path / "b", problem=cos)
+        expected = {"exact (a/run.h5)"}
+    elif kind == "2d":
+        a, b = run(tmp_path / "a"), run(tmp_path / "b", seed=1, test=[30, 25])
+        expected = {"u: a/run.h5", "u: b/run.h5 - a/run.h5"}
+    else:
+        from test_fields import ACOUSTIC
+
+        data = {**ACOUSTIC, "training": {**ACOUSTIC["training"], "steps": 3}}
+        for name, seed in (("a", 0), ("b", 1)):
+            (tmp_path / name).mkdir()
+            cfg = fbpinn.load_config(data={**data, "training": {**data["training"], "seed": seed}})
+            fbpinn.save_results(tmp_path / name / "run.h5", fbpinn.train(cfg))
+        a, b = tmp_path / "a" / "run.h5", tmp_path / "b" / "run.h5"
+        expected = {"p: a/run.h5", "v: b/run.h5 - a/run.h5"}
+    out = tmp_path / "figs" / "compare.svg"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        assert main(["compare", str(a), str(b), "--figure", str(out)]) == 0
+    assert expected <= svg_texts(out)
+
+
+def test_figure_to_an_unknown_format_is_refused(tmp_path, capsys):
+    a, b = run(tmp_path / "a"), run(tmp_path / "b", seed=1)
+    assert main(["compare", str(a), str(b), "--figure", str(tmp_path / "f" / "x.bmpx")]) == 2
+    assert "matplotlib writes no .bmpx files" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()

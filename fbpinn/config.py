@@ -137,6 +137,8 @@ class ParallelConfig:
 class OutputConfig:
     dir: str = ""  # results folder; empty: results/<config file stem>
     per_rank: bool = False  # under MPI: each rank writes its test-grid block to run_p{rank}.h5
+    snapshot_every: int = 0  # fbpinn train: append the fields to <results folder>/snapshots.h5 every this many steps
+    snapshot_points: list[int] = field(default_factory=list)  # the snapshots' grid per axis; empty: test.points
 
 
 @dataclass
@@ -426,6 +428,14 @@ def _validate(cfg: Config, problem_cls) -> None:
     if len(te.points) != dim or any(n < 2 for n in te.points):
         raise ConfigError("test.points", f"must list {dim} count(s) >= 2, one per axis {problem_cls.axes}, got {_show(te.points)}")
     _in_range("test.points", math.prod(te.points), 2**dim, POINTS_MAX, "the product of the counts")
+    out = cfg.output
+    _in_range("output.snapshot_every", out.snapshot_every, 0, COUNT_MAX)
+    if out.snapshot_points and (len(out.snapshot_points) != dim or any(n < 2 for n in out.snapshot_points)):
+        raise ConfigError("output.snapshot_points", f"must list {dim} count(s) >= 2, one per axis {problem_cls.axes}, "
+                          f"or be empty (the test grid), got {_show(out.snapshot_points)}")
+    if out.snapshot_points:
+        _in_range("output.snapshot_points", math.prod(out.snapshot_points), 2**dim, POINTS_MAX,
+                  "the product of the counts")
     _validate_derivatives(cfg, problem_cls)
 
 

@@ -162,6 +162,62 @@ def _solution_arrays(u: np.ndarray, exact, fields, target) -> dict:
     return out
 
 
+class Snapshots:
+    """The snapshots file of a run (``output.snapshot_every``): the fields on a grid every N steps,
+    appended as training goes.  Used by rank 0 of :class:`fbpinn.trainer.Trainer`.
+
+    The file is created complete (under a temporary name, renamed) with no snapshot, and every
+    :meth:`append` opens it, adds one row to each dataset, and closes it again ("close after
+    write"): between appends it is an ordinary, closed HDF5 file that any reader opens; a reader
+    that opens it while a snapshot is being written gets an error from HDF5's file locking and can
+    try again a moment later.  A run resumed from the checkpoint of step S drops the rows after S
+    that the interrupted run had written, so that the file holds each step once.  Layout: see
+    docs/hdf5.md, "Snapshots"."""
+
+    FORMAT = "fbpinn-snapshots"
+
+    def __init__(self, path, problem, cfg, axes, after_step: int = 0):
+        self.path = Path(path)
+        self.fields = tuple(problem.fields)
+        self.shape = tuple(len(a) for a in axes)
+        if after_step > 0 and self._matches():
+            with h5py.File(self.path, "a") as f:
+                keep = int((f["step"][()] <= after_step).sum())
+                for ds in [f["step"], f["time"], *(f[name] for name in self.fields)]:
+                    ds.resize(keep, axis=0)
+            return
+
+        def fill(f):
+            f.attrs.update({"format": self.FORMAT, "fbpinn_version": __version__, "problem": cfg.problem_name,
+                            "axes": ",".join(problem.axes), "fields": ",".join(self.fields), "config": to_toml(cfg)})
+            for name, axis in zip(problem.axes, axes):
+                f[f"axis_{name}"] = np.asarray(axis, dtype=np.float64)
+            f.create_dataset("step", shape=(0,), maxshape=(None,), dtype=np.int64)
+            f.create_dataset("time", shape=(0,), maxshape=(None,), dtype=np.float64)
+            for name in self.fields:
+                f.create_dataset(name, shape=(0, *self.shape), maxshape=(None, *self.shape), dtype=np.float64,
+                                 chunks=(1, *self.shape) if np.prod(self.shape) <= 2**22 else True)
+
+        write_atomic(self.path, fill)
+
+    def _matches(self) -> bool:
+        """Whether the file exists and holds snapshots of these fields on this grid."""
+        try:
+            with h5py.File(self.path, "r") as f:
+                return (f.attrs.get("format") == self.FORMAT and f.attrs.get("fields") == ",".join(self.fields)
+                        and all(f[name].shape[1:] == self.shape for name in self.fields))
+        except (OSError, KeyError):
+            return False
+
+    def append(self, step: int, elapsed: float, u: np.ndarray) -> None:
+        """Add the fields ``u`` (grid shape + (F,)) after ``step``, ``elapsed`` seconds into training."""
+        with h5py.File(self.path, "a") as f:
+            n = f["step"].shape[0]
+            for name, value in [("step", step), ("time", elapsed)] + [(k, u[..., i]) for i, k in enumerate(self.fields)]:
+                f[name].resize(n + 1, axis=0)
+                f[name][n] = value
+
+
 def part_name(path, rank: int) -> str:
     """File name of rank ``rank``'s part beside the results file ``path``: run_p{rank}.h5."""
     path = Path(path)

@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -159,6 +160,8 @@ class Trainer:
         self._loss = self._compiled_loss if tr.compile else self._loss_impl
         self._compiled = None
         self.stop_agreed = False  # some rank received a stop signal (see stop_signals)
+        self.snapshots = None  # a fbpinn.io.Snapshots on rank 0 while fbpinn train writes them
+        self._snapshot_block = None  # (offset, shape, points) of this rank's block of output.snapshot_points
 
     def resample(self) -> None:
         """(Re)draw collocation points and prepare every term's batch."""
@@ -266,11 +269,12 @@ class Trainer:
         self.comm_seconds += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
         return float(parts.sum()), parts, lr
 
-    def _test_block(self):
-        """Offset and shape of this rank's box of the test grid, and its points (float64)."""
+    def _test_block(self, points=None):
+        """Offset and shape of this rank's box of the test grid (or of the grid of ``points`` per
+        axis), and its points (float64)."""
         offset, shape, axes = [], [], []
         box, closed = self.dist.region, self.dist.closed
-        for d, axis in enumerate(self.problem.domain.grid_axes(self.cfg.test.points)):
+        for d, axis in enumerate(self.problem.domain.grid_axes(points or self.cfg.test.points)):
             idx = box.contains_axis(d, axis, closed[d]).nonzero()[:, 0]
             offset.append(int(idx[0]) if len(idx) else 0)
             shape.append(len(idx))
@@ -327,6 +331,31 @@ class Trainer:
                 "u": u_local.double().numpy().reshape(shape), "exact": exact, "target": self.target,
                 "fields": tuple(self.problem.fields)}
 
+    def snapshot(self, step: int, u_local, elapsed: float) -> None:
+        """Append the fields after ``step`` to the snapshots file (collective; rank 0 writes): on the
+        test grid (``u_local``, this rank's block, evaluated here if None) or on
+        ``output.snapshot_points``."""
+        out = self.cfg.output
+        points = out.snapshot_points or self.cfg.test.points
+        if out.snapshot_points and list(out.snapshot_points) != list(self.cfg.test.points):
+            if self._snapshot_block is None:
+                self._snapshot_block = self._test_block(points)
+            offset, shape, x = self._snapshot_block
+            self.dist.refresh_halo()
+            u_local = self.model.value(x)
+        else:
+            offset, shape = self.test_offset, self.test_shape
+            if u_local is None:
+                u_local, _ = self.evaluate()
+        parts = self.ctx.gather({"offset": offset, "shape": shape,
+                                 "u": u_local.double().numpy().reshape(*shape, self.n_fields)})
+        if parts is None:
+            return
+        u = np.zeros((*points, self.n_fields))
+        for p in parts:
+            u[tuple(slice(o, o + n) for o, n in zip(p["offset"], p["shape"]))] = p["u"]
+        self.snapshots.append(step, elapsed, u)
+
     def gather_solution(self, u_local: torch.Tensor):
         """The test-grid solution and exact solution (or None) assembled on rank 0; (None, None) elsewhere."""
         parts = self.ctx.gather(self.solution_block(u_local))
@@ -366,6 +395,13 @@ class Trainer:
             hist["loss_terms"] = [list(row) for row in hist["loss_terms"]]
             run.loss_per_step = list(resume["loss_per_step"])
             run.term_names = list(resume["term_names"])
+        if checkpoints is not None and cfg.output.snapshot_every:
+            from .io import Snapshots
+
+            points = cfg.output.snapshot_points or cfg.test.points
+            if self.ctx.rank == 0:  # a resumed run drops the snapshots its checkpoint did not see
+                self.snapshots = Snapshots(Path(checkpoints.folder).parent / "snapshots.h5", self.problem, cfg,
+                                           self.problem.domain.grid_axes(points), first - 1)
         self._log_header()
         if resume is not None:
             logger.info("resumed from %s at step %d of %d (written by %d rank(s))", checkpoints.last if checkpoints
@@ -394,6 +430,9 @@ class Trainer:
                     hist["time"].append(elapsed + time.perf_counter() - t0)
                     hist["lr"].append(lr)
                     hist["stage"].append(self.stage.index)
+                if checkpoints is not None and cfg.output.snapshot_every and step % cfg.output.snapshot_every == 0:
+                    evaluated = hist["step"] and hist["step"][-1] == step
+                    self.snapshot(step, u_local if evaluated else None, elapsed + time.perf_counter() - t0)
                 if step % tr.log_every == 0 or last:
                     now = time.perf_counter()
                     rate = (step - step_log) / max(now - t_log, 1e-9)

@@ -169,8 +169,16 @@ def torch_out_of_memory() -> type:
 
 def cmd_plot(args) -> int:
     from . import plotting
-    from .io import read_results
+    from .io import is_snapshots, read_results
 
+    try:
+        if len(args.files) == 1 and not args.compare and is_snapshots(args.files[0]):
+            written = plotting.plot_snapshots(args.files[0], args.out_dir, args.format, args.dpi)
+            for path in written:
+                logger.info("wrote %s", path)
+            return 0
+    except plotting.PlotError as e:
+        raise UsageError(str(e)) from None
     for p in args.files:
         read_results(p)  # validates every file before drawing anything
     try:
@@ -187,8 +195,20 @@ def cmd_plot(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .io import field_names, read_results
+    from .io import field_names, is_snapshots, read_results, read_snapshots
 
+    if is_snapshots(args.file):
+        snap = read_snapshots(args.file)
+        a, steps = snap["attrs"], snap["step"]
+        grid = " x ".join(f"{len(v)} {k}" for k, v in snap["axes"].items())
+        span = f", steps {int(steps[0])} .. {int(steps[-1])}, {float(snap['time'][-1]):.1f} s of training" \
+            if len(steps) else ""
+        print(f"{args.file}: snapshots of problem {a.get('problem', '?')}, fields {a.get('fields', '?')}, "
+              f"fbpinn {a.get('fbpinn_version', '?')}")
+        print(f"  {len(steps)} snapshot(s) on a grid of {grid}{span}")
+        if args.config:
+            print(a.get("config", ""))
+        return 0
     data = read_results(args.file)
     a, tr = data["attrs"], data["training"]
     print(f"{args.file}: problem {a['problem']}, fbpinn {a['fbpinn_version']}, schema {a['schema_version']}, "

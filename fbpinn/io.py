@@ -218,6 +218,51 @@ class Snapshots:
                 f[name][n] = value
 
 
+def read_snapshots(path) -> dict:
+    """A snapshots file (:class:`Snapshots`) as ``{"attrs", "axes" (name -> coordinates),
+    "step", "time", "fields" (name -> (S, *grid) array)}``, checked: ResultsError naming the file
+    and what is wrong for anything else, a damaged file included."""
+    path = Path(path)
+    with _opened(path, Snapshots.FORMAT, "snapshots") as f:
+        _check_objects(f, path)
+        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        axes, fields = str(attrs.get("axes", "")).split(","), str(attrs.get("fields", "")).split(",")
+        coords = {}
+        for a in axes:
+            ds = f.get(f"axis_{a}")
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or _kind(ds) not in ("int", "real"):
+                raise ResultsError(f"{path}: dataset /axis_{a} (axis {a!r} of the axes attribute) is missing or not "
+                                   "a vector of numbers")
+            coords[a] = ds[()]
+        grid = tuple(len(c) for c in coords.values())
+        out = {"attrs": attrs, "axes": coords, "fields": {}}
+        for name, kind in (("step", "int"), ("time", "real")):
+            ds = f.get(name)
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 1 or _kind(ds) not in (kind, "int"):
+                raise ResultsError(f"{path}: dataset /{name} is missing or not a vector of {kind} numbers")
+            out[name] = ds[()]
+        n = len(out["step"])
+        if len(out["time"]) != n:
+            raise ResultsError(f"{path}: /time has {len(out['time'])} entries, /step {n}")
+        for name in fields:
+            ds = f.get(name)
+            if not isinstance(ds, h5py.Dataset) or ds.shape != (n, *grid) or _kind(ds) not in ("int", "real"):
+                got = None if not isinstance(ds, h5py.Dataset) else ds.shape
+                raise ResultsError(f"{path}: dataset /{name} (field of the fields attribute) has shape {got}, "
+                                   f"expected {(n, *grid)}")
+            out["fields"][name] = ds[()]
+        return out
+
+
+def is_snapshots(path) -> bool:
+    """Whether ``path`` is a readable HDF5 file that says it is a snapshots file."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == Snapshots.FORMAT
+    except _DAMAGE:
+        return False
+
+
 def part_name(path, rank: int) -> str:
     """File name of rank ``rank``'s part beside the results file ``path``: run_p{rank}.h5."""
     path = Path(path)
@@ -398,10 +443,9 @@ def read_results(path) -> dict:
 
 
 @contextmanager
-def _checked(path: Path):
-    """The results file ``path`` open for reading, once everything :func:`read_results` checks
-    before it reads the data holds (the part files are checked when they are read); every
-    failure inside the block becomes a ResultsError naming ``path``."""
+def _opened(path: Path, fmt: str, what: str):
+    """``path`` open for reading once it is an HDF5 file whose format attribute is ``fmt`` (an
+    fbpinn ``what`` file); every failure inside the block becomes a ResultsError naming it."""
     if not path.is_file():
         raise ResultsError(f"{path}: no such file")
     try:
@@ -409,8 +453,17 @@ def _checked(path: Path):
     except _DAMAGE as e:
         raise ResultsError(f"{path}: not a readable HDF5 file ({_one_line(e)})") from None
     with _reading(path), f:
-        if f.attrs.get("format") != "fbpinn-results":
-            raise ResultsError(f"{path}: not an fbpinn results file (no format='fbpinn-results' attribute)")
+        if f.attrs.get("format") != fmt:
+            raise ResultsError(f"{path}: not an fbpinn {what} file (no format='{fmt}' attribute)")
+        yield f
+
+
+@contextmanager
+def _checked(path: Path):
+    """The results file ``path`` open for reading, once everything :func:`read_results` checks
+    before it reads the data holds (the part files are checked when they are read); every
+    failure inside the block becomes a ResultsError naming ``path``."""
+    with _opened(path, "fbpinn-results", "results") as f:
         version = f.attrs.get("schema_version", -1)
         if not isinstance(version, (int, np.integer)) or version != SCHEMA_VERSION:
             shown = version if isinstance(version, (int, np.integer)) else repr(_attr(version))

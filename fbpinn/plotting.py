@@ -49,7 +49,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from .decomposition import Level  # noqa: E402
 from .domains import Box  # noqa: E402
-from .io import TEMPORARY, ResultsError, field_names, new_folders, read_results, solution_names, staged  # noqa: E402
+from .io import (TEMPORARY, ResultsError, field_names, new_folders, read_results, read_snapshots,  # noqa: E402
+                 solution_names, staged)
 
 DPI = 120
 DPI_RANGE = (20, 1200)
@@ -233,6 +234,95 @@ def plot_differences(paths, out, force: bool = False) -> Path:
                                    "signed"))
             _heatmaps(first, target, panels, title, None)
     return out
+
+
+def plot_snapshots(path, out_dir=None, fmt: str = "png", dpi: int = DPI) -> list[Path]:
+    """Draw a snapshots file (``output.snapshot_every``) beside it (or in ``out_dir``).
+
+    ``snapshots.<fmt>``: per field, 1-D problems the field at every snapshot (up to
+    ``MAX_SNAPSHOT_LINES``, evenly spread) coloured by step; higher dimensions heat maps over the
+    first two axes (middle of the others) at up to ``N_TIME_MAPS`` snapshots.  With two or more
+    axes also ``snapshots.gif``: the first field over the snapshots, one frame each (at most
+    ``MAX_FRAMES``), the colour scale fixed."""
+    path = Path(path)
+    if fmt not in FORMATS:
+        raise PlotError(f"format {fmt!r}: fbpinn plot writes {', '.join(FORMATS)}")
+    snap = read_snapshots(path)
+    if not len(snap["step"]):
+        raise ResultsError(f"{path}: holds no snapshot yet")
+    folder = Path(out_dir) if out_dir is not None else path.parent
+    names = [f"snapshots.{fmt}"] + (["snapshots.gif"] if len(snap["axes"]) >= 2 else [])
+    token = _DPI.set(dpi)
+    try:
+        with _drawing(path, folder), new_folders(folder), staged() as stage:
+            for name in names:
+                with _drawing(path, folder / name):
+                    (_snapshot_animation if name.endswith(".gif") else _snapshot_figure)(snap, stage(folder / name))
+    finally:
+        _DPI.reset(token)
+    return [folder / name for name in names]
+
+
+MAX_SNAPSHOT_LINES = 12
+
+
+def _snapshot_figure(snap, path: Path) -> Path:
+    axes, fields, steps = list(snap["axes"]), snap["fields"], snap["step"]
+    title = f"{snap['attrs'].get('problem', '?')}: {len(steps)} snapshots, steps {steps[0]} .. {steps[-1]}"
+    if len(axes) == 1:
+        x = snap["axes"][axes[0]]
+        ks = _spread(len(steps), MAX_SNAPSHOT_LINES)
+        colours = plt.cm.viridis(np.linspace(0, 1, len(ks)))
+        with _figure(path, ncols=len(fields), figsize=(8 * len(fields), 4.5), suptitle=title) as (fig, axs):
+            for ax, (name, u) in zip(axs[0], fields.items()):
+                for c, k in zip(colours, ks):
+                    ax.plot(x, u[k], color=c, lw=1.3, label=f"step {steps[k]}")
+                ax.set_xlabel(axes[0])
+                ax.set_ylabel(name)
+                ax.legend(fontsize=7, ncol=2)
+        return path
+    ks = _spread(len(steps), N_TIME_MAPS)
+    x0, x1 = np.meshgrid(snap["axes"][axes[0]], snap["axes"][axes[1]], indexing="ij")
+    plane = (slice(None), slice(None), *(len(snap["axes"][a]) // 2 for a in axes[2:]))
+    size = (4.6 * len(ks), 3.9 * len(fields) + 0.6)
+    with _figure(path, nrows=len(fields), ncols=len(ks), figsize=size, suptitle=title) as (fig, axs):
+        for row, (name, u) in enumerate(fields.items()):
+            vmin, vmax = float(np.nanmin(u)), float(np.nanmax(u))
+            for col, k in enumerate(ks):
+                ax = axs[row, col]
+                mesh = ax.pcolormesh(x0, x1, u[k][plane], shading="auto", cmap="viridis", vmin=vmin, vmax=vmax)
+                fig.colorbar(mesh, ax=ax)
+                ax.set_xlabel(axes[0])
+                ax.set_ylabel(axes[1])
+                ax.set_title(f"{name}, step {steps[k]}", fontsize=10)
+    return path
+
+
+def _snapshot_animation(snap, path: Path) -> Path:
+    axes, steps = list(snap["axes"]), snap["step"]
+    name, u = next(iter(snap["fields"].items()))
+    x0, x1 = np.meshgrid(snap["axes"][axes[0]], snap["axes"][axes[1]], indexing="ij")
+    plane = (slice(None), slice(None), *(len(snap["axes"][a]) // 2 for a in axes[2:]))
+    ks = _spread(len(steps), MAX_FRAMES)
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    try:
+        mesh = ax.pcolormesh(x0, x1, u[ks[0]][plane], shading="auto", cmap="viridis",
+                             vmin=float(np.nanmin(u)), vmax=float(np.nanmax(u)))
+        fig.colorbar(mesh, ax=ax)
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(axes[1])
+
+        def frame(k):
+            mesh.set_array(u[k][plane])
+            ax.set_title(f"{name}, step {steps[k]}", fontsize=10)
+            return [mesh]
+
+        frame(ks[0])
+        fig.tight_layout()
+        FuncAnimation(fig, frame, frames=ks).save(path, writer=_GifWriter(fps=GIF_FPS), dpi=GIF_DPI)
+    finally:
+        plt.close(fig)
+    return path
 
 
 # ----------------------------------------------------------------------------- figures

@@ -104,3 +104,34 @@ def test_bad_snapshot_settings_are_config_errors(tmp_path, capsys, value, messag
     assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "--set", value]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("case", ["lotka", "acoustic"])
+def test_snapshots_are_plotted_and_summarised(tmp_path, capsys, case):
+    data = {"lotka": LOTKA, "acoustic": ACOUSTIC}[case]
+    cfg = write_toml({**data, "output": {"snapshot_every": 20}}, tmp_path / "c.toml")
+    assert run_cli("train", cfg, "--out", tmp_path / "r").returncode == 0
+    path = tmp_path / "r" / "snapshots.h5"
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "5 snapshot(s)" in out and "steps 20 .. 100" in out
+    assert main(["plot", str(path), "--out-dir", str(tmp_path / "figs")]) == 0
+    names = sorted(p.name for p in (tmp_path / "figs").iterdir())
+    assert names == (["snapshots.png"] if case == "lotka" else ["snapshots.gif", "snapshots.png"])
+    if case == "acoustic":
+        from PIL import Image
+
+        with Image.open(tmp_path / "figs" / "snapshots.gif") as im:
+            assert im.n_frames == 5
+
+
+def test_damaged_snapshots_file_is_refused(tmp_path, capsys):
+    cfg = write_toml({**LOTKA, "output": {"snapshot_every": 50}}, tmp_path / "c.toml")
+    assert run_cli("train", cfg, "--out", tmp_path / "r").returncode == 0
+    path = tmp_path / "r" / "snapshots.h5"
+    with h5py.File(path, "a") as f:
+        f["time"].resize(1, axis=0)
+    for command in ("info", "plot"):
+        assert main([command, str(path)]) == 2
+        assert "/time has 1 entries, /step 2" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "snapshots.png").exists()

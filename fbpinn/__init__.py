@@ -7,6 +7,7 @@ Public API::
     run = train(cfg)                       # a trained fbpinn.trainer.Run
     save_results("results/cos1d/run.h5", run)
     data = load_results("results/cos1d/run.h5")
+    sol = Solution.load("results/cos1d/run.h5")   # the trained model: sol(x), sol(x, "u_x")
 """
 
 __version__ = "0.1.0"
@@ -16,11 +17,12 @@ __version__ = "0.1.0"
 # is imported (see fbpinn.signals).
 _PUBLIC = {"ConfigError": ("config", "ConfigError"), "load_config": ("config", "load_config"),
            "ResultsError": ("io", "ResultsError"), "load_results": ("io", "read_results"),
+           "Solution": ("solution", "Solution"),
            "save_results": ("io", "write_results"), "TrainingError": ("trainer", "TrainingError"),
            "train": ("trainer", "train")}
 
-__all__ = ["ConfigError", "ResultsError", "TrainingError", "load_config", "load_results", "save_results",
-           "train", "__version__"]
+__all__ = ["ConfigError", "ResultsError", "Solution", "TrainingError", "load_config", "load_results",
+           "save_results", "train", "__version__"]
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""The ``fbpinn`` command line: ``train``, ``plot``, ``info``, ``merge``, ``problems``.
+"""The ``fbpinn`` command line: ``train``, ``plot``, ``info``, ``eval``, ``merge``, ``problems``.
 
 Every command has ``--help``.  Bad input (config, results file, argument) prints
 one line ``fbpinn: error: ...`` and exits with status 2; a run that fails while
@@ -258,6 +258,184 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Evaluate a results file's or checkpoint's model at points (a file or a grid) into HDF5 or CSV."""
+    import numpy as np
+
+    from . import checkpoint
+    from .solution import Solution
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".h5", ".hdf5", ".csv"):
+        raise UsageError(f"--out {out}: unknown extension {out.suffix or '(none)'}; use .h5 (HDF5) or .csv")
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: torch sees no CUDA device here")
+    try:
+        sol = Solution.load(args.file, device=device)
+    except checkpoint.CheckpointError as e:
+        raise UsageError(str(e)) from None
+    fields = _names(args.fields) if args.fields is not None else list(sol.fields)
+    for name in fields:
+        if name not in sol.fields:
+            raise UsageError(f"--fields: {name!r} is not a field of {args.file} (fields: {', '.join(sol.fields)})")
+    names = list(dict.fromkeys(fields + _names(args.derivatives or "")))
+    if not names:
+        raise UsageError("nothing to evaluate: --fields and --derivatives name no quantity")
+    grid = None
+    if args.grid is not None:
+        grid = _grid_shape(args.grid, sol)
+        mesh = np.meshgrid(*[np.linspace(a, b, n) for a, b, n in zip(*sol.domain, grid)], indexing="ij")
+        x = np.stack([m.reshape(-1) for m in mesh], axis=1)  # first axis slowest, as the test grid
+    else:
+        x = _read_points(args.points, sol.axes)
+    try:
+        values = sol(x, *names, chunk=args.chunk)
+    except ValueError as e:
+        raise UsageError(f"{args.file}: {e}") from None
+    try:
+        if out.suffix.lower() == ".csv":
+            _write_csv(out, sol.axes, names, x, values)
+        else:
+            _write_eval_h5(out, sol, args.file, names, x, values, grid)
+    except OSError as e:
+        raise UsageError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
+    logger.info("wrote %s: %d point(s), %s", out, x.shape[0], ", ".join(names))
+    return 0
+
+
+def _names(text: str) -> list:
+    """A comma-separated list of names, blanks dropped."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _grid_shape(text: str, sol) -> list:
+    """``--grid 101,51``: points per axis (at least 1 each, one per axis of ``sol``)."""
+    try:
+        shape = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--grid {text!r}: give whole numbers of points per axis, e.g. "
+                         f"{','.join(['101'] * len(sol.axes))}") from None
+    if len(shape) != len(sol.axes) or min(shape) < 1:
+        raise UsageError(f"--grid {text!r}: give {len(sol.axes)} positive number(s) of points, one per axis "
+                         f"({', '.join(sol.axes)})")
+    return shape
+
+
+def _read_points(spec: str, axes):
+    """Points from ``FILE.npy`` ((N, d)), ``FILE.csv`` (one column per axis; an optional header of
+    the axis names, in any order) or ``FILE.h5:/dataset``; UsageError naming what is wrong."""
+    import h5py
+    import numpy as np
+
+    path, sep, dataset = spec.partition(":")
+    suffix = Path(path).suffix.lower()
+    if sep and suffix not in (".h5", ".hdf5"):
+        path, dataset, suffix = spec, "", Path(spec).suffix.lower()
+    if not Path(path).is_file():
+        raise UsageError(f"--points {path}: no such file")
+    try:
+        if suffix == ".npy":
+            x = np.load(path, allow_pickle=False)
+        elif suffix == ".csv":
+            x = _read_csv_points(Path(path), axes)
+        elif suffix in (".h5", ".hdf5"):
+            if not dataset:
+                raise UsageError(f"--points {spec}: name the dataset, e.g. {path}:/x")
+            with h5py.File(path, "r") as f:
+                item = f.get(dataset)
+                if not isinstance(item, h5py.Dataset):
+                    raise UsageError(f"--points {spec}: {path} has no dataset {dataset}")
+                x = item[()]
+        else:
+            raise UsageError(f"--points {spec}: unknown extension {suffix or '(none)'}; use .npy, .csv or "
+                             "FILE.h5:/dataset")
+    except UsageError:
+        raise
+    except (OSError, ValueError, TypeError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"--points {spec}: cannot read points ({detail})") from None
+    x = np.asarray(x)
+    if x.ndim == 1 and len(axes) == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[1] != len(axes) or not np.issubdtype(x.dtype, np.number):
+        raise UsageError(f"--points {spec}: points must be an (N, {len(axes)}) array of numbers (one column per "
+                         f"axis {', '.join(axes)}), got {x.dtype} of shape {x.shape}")
+    return x.astype(np.float64)
+
+
+def _read_csv_points(path: Path, axes):
+    """A CSV file's points: one column per axis, or, after a first line naming the columns, the
+    columns of the axis names (in any order; other columns are ignored)."""
+    import csv
+
+    import numpy as np
+
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    order, named = list(range(len(axes))), False
+    if rows:
+        head = [c.strip() for c in rows[0]]
+        try:
+            [float(c) for c in head]
+        except ValueError:
+            if not set(axes) <= set(head):
+                raise UsageError(f"--points {path}: header {','.join(head)} does not name the axes "
+                                 f"{','.join(axes)}") from None
+            order, named = [head.index(a) for a in axes], True
+            rows = rows[1:]
+    try:
+        x = np.array([[float(c) for c in r] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+    except ValueError as e:
+        raise UsageError(f"--points {path}: {e}") from None
+    if x.shape[1] != len(axes) and not named:
+        raise UsageError(f"--points {path}: {x.shape[1]} column(s), the problem has {len(axes)} axis/axes "
+                         f"({', '.join(axes)})")
+    return x[:, order]
+
+
+def _write_csv(out: Path, axes, names, x, values) -> None:
+    """CSV, atomically: a header of the axis names and the quantities, then one row per point."""
+    import numpy as np
+
+    from .io import staged
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged() as stage:
+        np.savetxt(stage(out), np.concatenate([x, values], axis=1), delimiter=",", fmt="%.17g",
+                   header=",".join([*axes, *names]), comments="")
+
+
+def _write_eval_h5(out: Path, sol, source, names, x, values, grid) -> None:
+    """HDF5, atomically: ``x`` (N, d) and one (N,) dataset per quantity; attributes name the source."""
+    import numpy as np
+
+    from . import __version__
+    from .io import write_atomic
+
+    def fill(f):
+        f.attrs["format"] = "fbpinn-eval"
+        f.attrs["fbpinn_version"] = __version__
+        f.attrs["source"] = str(Path(source).absolute())
+        f.attrs["step"] = sol.step
+        f.attrs["problem"] = sol.problem
+        f.attrs["axes"] = ",".join(sol.axes)
+        f.attrs["fields"] = ",".join(sol.fields)
+        f.attrs["quantities"] = ",".join(names)
+        if grid is not None:
+            f.attrs["grid"] = np.asarray(grid, dtype=np.int64)
+        f["x"] = x
+        for c, name in enumerate(names):
+            f[name] = values[:, c]
+
+    write_atomic(out, fill)
+
+
 def cmd_merge(args) -> int:
     from .io import merge
 
@@ -391,6 +569,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file", help="run.h5 file")
     i.add_argument("--config", action="store_true", help="also print the resolved config")
     i.set_defaults(func=cmd_info)
+
+    e = sub.add_parser("eval", help="evaluate a trained model at points: fields and derivatives to HDF5 or CSV",
+                       description="Rebuild the model of a results file or checkpoint (no config file needed) and "
+                                   "evaluate its fields and derivatives at points from a file or on a grid over "
+                                   "the domain; writes OUT (.h5 or .csv).")
+    e.add_argument("file", metavar="RUN", help="run.h5 (merged or per-rank) or a checkpoint step_*.h5")
+    where = e.add_mutually_exclusive_group(required=True)
+    where.add_argument("--points", metavar="FILE", help="points: FILE.npy of shape (N, d), FILE.csv with one column "
+                       "per axis (an optional header of axis names), or FILE.h5:/dataset")
+    where.add_argument("--grid", metavar="N,N", help="a grid over the whole domain, ends included: points per axis, "
+                       "e.g. 101,51")
+    e.add_argument("--fields", metavar="NAMES", help="fields to write, comma-separated (default: all; '' for none)")
+    e.add_argument("--derivatives", metavar="NAMES", help="derivatives to write, e.g. u_x,u_tt")
+    e.add_argument("--out", required=True, metavar="FILE", help="output: .h5 or .csv (replaced if it exists)")
+    e.add_argument("--device", default="cpu", help="torch device to evaluate on (default cpu)")
+    e.add_argument("--chunk", type=int, default=65536, help="points evaluated at a time (default 65536)")
+    e.set_defaults(func=cmd_eval)
 
     m = sub.add_parser("merge", help="make one self-contained file from a per-rank results file",
                        description="Copy a run.h5 whose solution is split over per-rank files (output.per_rank) "

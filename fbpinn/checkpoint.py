@@ -4,14 +4,18 @@ A checkpoint holds, assembled from all ranks into full stacked arrays: the param
 of every level, Adam's moments and step counts, the problem's learned constants and
 their optimiser state, the sampler's random state, the step, and the training history
 so far; for a problem from a config's ``problem.module``, that module's path and the SHA-256
-of its source, which a resumed run compares with its own (:func:`check_compatible`).  Nothing in it depends on how many ranks wrote it, so a run may resume on any
-number of ranks.  Files are ``<results folder>/checkpoints/step_<step>.h5``, written
+of its source, which a resumed run compares with its own (:func:`check_compatible`); and the
+run's provenance up to the checkpoint's step (:mod:`fbpinn.provenance`, group ``/provenance``:
+a resumed run takes the earlier run segments from it).  Nothing in it depends on how many
+ranks wrote it, so a run may resume on any number of ranks.  Files are ``<results folder>/checkpoints/step_<step>.h5``, written
 under a temporary name and renamed (:func:`fbpinn.io.write_atomic`); the newest
 ``checkpoint.keep`` are kept.  Layout: docs/hdf5.md.  No pickle: arrays and attributes only.
 
 A checkpoint proves its contents: every dataset carries the SHA-256 of its bytes and the
-root a SHA-256 of the whole stored state (all attributes, and every dataset's path,
-dtype, shape, attributes and checksum).  :func:`read` verifies both, and checks the
+root a SHA-256 of the whole stored state (all root attributes, the attributes of any group
+that has some (``/provenance``), and every dataset's path, dtype, shape, attributes and
+checksum).  A checkpoint of this version written before provenance was recorded has no
+``/provenance`` and keeps its digest; it is read as before.  :func:`read` verifies both, and checks the
 layout against the stored config (the datasets that must be there, their shapes and
 dtypes), that the config is valid, and that parameters and Adam's moments are finite;
 anything else is a :class:`CheckpointError` naming the file and what failed.
@@ -33,7 +37,7 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, provenance
 from .config import load_config, to_dict, to_toml
 from .io import write_atomic
 
@@ -109,7 +113,8 @@ def collect(trainer, step: int, history: dict, loss_per_step, wall_time: float) 
             "history": {k: list(v) for k, v in history.items()}, "loss_per_step": list(loss_per_step),
             "wall_time": wall_time, "n_ranks": trainer.ctx.size, "config": to_toml(trainer.cfg),
             "term_names": [t.name for t in trainer.terms], "problem_module": trainer.cfg.problem_module,
-            "problem_module_sha256": trainer.cfg.problem_module_sha256}
+            "problem_module_sha256": trainer.cfg.problem_module_sha256,
+            "provenance": provenance.closed(getattr(trainer, "provenance", None), step)}
 
 
 def write(path, state: dict) -> Path:
@@ -154,6 +159,8 @@ def write(path, state: dict) -> Path:
         if "rel_l2_fields" in state["history"]:
             h["rel_l2_fields"] = np.asarray(state["history"]["rel_l2_fields"], dtype=np.float64).reshape(
                 len(state["history"]["step"]), -1)
+        if state.get("provenance"):
+            provenance.write(f.create_group(provenance.GROUP), state["provenance"])
         f.attrs["complete"] = True  # a file without it was not written by this function
         _seal(f)
 
@@ -212,11 +219,17 @@ def _datasets(f: h5py.File) -> dict:
 
 def _state_digest(f: h5py.File, datasets: dict) -> str:
     """SHA-256 over a canonical JSON serialisation of the root attributes (all but the state
-    checksum itself) and, for every dataset, its path, dtype, shape and attributes (its checksum
-    among them)."""
+    checksum itself), for every dataset its path, dtype, shape and attributes (its checksum
+    among them) and, for every group with attributes (/provenance), its path and attributes
+    (a file without such groups has the digest it had before they were covered)."""
     doc = {"attrs": {k: _plain(v) for k, v in f.attrs.items() if k != STATE_CHECKSUM},
            "datasets": {path: [ds.dtype.str, list(ds.shape), {k: _plain(v) for k, v in ds.attrs.items()}]
                         for path, ds in datasets.items()}}
+    groups = {}
+    f.visititems(lambda path, obj: groups.update({path: {k: _plain(v) for k, v in obj.attrs.items()}})
+                 if isinstance(obj, h5py.Group) and len(obj.attrs) else None)
+    if groups:
+        doc["groups"] = groups
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -243,6 +256,29 @@ def _layout(cfg) -> dict:
                 for group in ("parameters", "adam/exp_avg", "adam/exp_avg_sq"):
                     out[f"{group}/level{level}/{name}"] = (shape, dtype)
                 out[f"adam/steps/level{level}/{name}"] = ((), np.dtype("float64"))
+    return out
+
+
+STRING = "fixed-length string"  # an expected dtype (in _layout's sense): any fixed-length bytes
+
+
+def _provenance_layout(f: h5py.File, datasets: dict, n_ranks: int) -> dict:
+    """Path -> (shape, dtype) of the datasets of /provenance (one row per rank of the checkpoint,
+    one per run segment), after checking its attributes (:mod:`fbpinn.provenance`)."""
+    group = f[provenance.GROUP]
+    if not isinstance(group, h5py.Group):
+        raise _Damage(f"/{provenance.GROUP} is not a group")
+    for name in provenance.REQUIRED:
+        if not isinstance(_plain(group.attrs[name]) if name in group.attrs else None, str):
+            raise _Damage(f"attribute {name} of /{provenance.GROUP} is missing or not a string")
+    where = f"{provenance.GROUP}/segments/first_step"
+    n_segments = datasets[where].shape[0] if where in datasets and datasets[where].ndim == 1 else 0
+    if n_segments < 1:
+        raise _Damage(f"{where} is missing or not a list of at least one run segment")
+    out = {f"{provenance.GROUP}/ranks/{k}": ((n_ranks,), np.dtype("int64") if k == "threads" else STRING)
+           for k in provenance.RANK_FIELDS}
+    out.update({f"{provenance.GROUP}/segments/{k}": ((n_segments,), np.dtype(dtype))
+                for k, dtype in provenance.SEGMENT_FIELDS})
     return out
 
 
@@ -314,13 +350,15 @@ def _verify(f: h5py.File) -> dict:
     expected["history/loss_per_step"] = ((step,), np.dtype("float64"))
     if _n_fields(cfg) > 1:
         expected["history/rel_l2_fields"] = ((n_eval, _n_fields(cfg)), np.dtype("float64"))
+    if provenance.GROUP in f:
+        expected.update(_provenance_layout(f, datasets, n_ranks))
     missing, extra = sorted(set(expected) - set(datasets)), sorted(set(datasets) - set(expected))
     if missing or extra:
         raise _Damage("; ".join([*(f"dataset {p} is missing" for p in missing[:3]),
                                  *(f"unexpected dataset {p}" for p in extra[:3])]))
     for path, (shape, dtype) in expected.items():
         ds = datasets[path]
-        if ds.shape != shape or ds.dtype != dtype:
+        if ds.shape != shape or not (ds.dtype.kind == "S" if dtype is STRING else ds.dtype == dtype):
             raise _Damage(f"{path} has shape {ds.shape} and dtype {ds.dtype}, expected {shape} and {dtype} "
                           f"(for decomposition {cfg.decomposition.level_shapes()}, network.hidden "
                           f"{cfg.network.hidden}, {len(term_names)} loss term(s), step {step})")
@@ -339,8 +377,15 @@ def _verify(f: h5py.File) -> dict:
     for path, value in data.items():
         if path.startswith(("parameters/", "adam/")) and not np.isfinite(value).all():
             raise _Damage(f"{path} is not finite")
+    record = None
+    if provenance.GROUP in f:
+        record = provenance.read(f[provenance.GROUP])
+        last = record["segments"][-1]
+        if last["last_step"] != step or last["n_ranks"] != n_ranks:
+            raise _Damage(f"its provenance's last segment ends at step {last['last_step']} on {last['n_ranks']} "
+                          f"rank(s), the checkpoint is at step {step} of {n_ranks} rank(s)")
     return {"cfg": cfg, "data": data, "step": step, "stage": stage, "n_ranks": n_ranks, "wall_time": wall_time,
-            "config": text, "term_names": term_names, "digest": digest, **module}
+            "config": text, "term_names": term_names, "digest": digest, "provenance": record, **module}
 
 
 def read(path) -> dict:
@@ -377,7 +422,7 @@ def read(path) -> dict:
             "sampler_state": data["rng/sampler"], "torch_state": data["rng/torch"], "history": history,
             "loss_per_step": data["history/loss_per_step"].tolist(), "wall_time": float(v["wall_time"]),
             "n_ranks": v["n_ranks"], "config": v["config"], "term_names": v["term_names"], "digest": v["digest"],
-            **{k: v[k] for k in MODULE_ATTRIBUTES}}
+            "provenance": v["provenance"], **{k: v[k] for k in MODULE_ATTRIBUTES}}
 
 
 def check_compatible(state: dict, cfg, path, allow_module_change: bool = False) -> None:

@@ -28,8 +28,8 @@ def _setup_logging(verbose: bool, rank: int = 0, size: int = 1) -> None:
     """Rank 0 logs at INFO (DEBUG with -v); other ranks only warnings, tagged with their rank."""
     tag = f"{rank}/{size} " if size > 1 else ""
     level = (logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format=f"%(asctime)s {tag}%(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stdout, force=True)
+    logging.basicConfig(level=level, format=f"%(asctime)s {tag}%(levelname)s %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S", stream=sys.stdout, force=True)
 
 
 @dataclasses.dataclass
@@ -195,7 +195,8 @@ def cmd_plot(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .io import field_names, is_snapshots, read_results, read_snapshots
+    from . import provenance
+    from .io import ResultsError, field_names, is_snapshots, read_results, read_snapshots
 
     if is_snapshots(args.file):
         snap = read_snapshots(args.file)
@@ -210,6 +211,12 @@ def cmd_info(args) -> int:
             print(a.get("config", ""))
         return 0
     data = read_results(args.file)
+    record = None
+    if "provenance" in data:  # files written before provenance was recorded have none
+        try:
+            record = provenance.read(data["provenance"])
+        except (KeyError, TypeError, ValueError) as e:  # UnicodeDecodeError among them: damaged strings
+            raise ResultsError(f"{args.file}: damaged /provenance ({type(e).__name__}: {e})") from None
     a, tr = data["attrs"], data["training"]
     print(f"{args.file}: problem {a['problem']}, fbpinn {a['fbpinn_version']}, schema {a['schema_version']}, "
           f"{a['n_ranks']} rank(s)")
@@ -228,6 +235,9 @@ def cmd_info(args) -> int:
     for name, value in data.get("learned", {}).items():
         if name != "attrs":
             print(f"  learned {name} = {float(value):.6g}")
+    if record is not None:
+        print("provenance:")
+        print("\n".join(provenance.describe(record)))
     if args.config:
         print(a["config"])
     return 0

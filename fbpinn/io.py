@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
+from . import __version__, provenance
 from .config import to_toml
 
 SCHEMA_VERSION = 1
@@ -374,10 +374,12 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
         learned = f.create_group("learned")
         for name, value in run.learned.items():
             learned[name] = value
+    if getattr(run, "provenance", None):
+        provenance.write(f.create_group(provenance.GROUP), run.provenance)
 
 
 def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+    return provenance.iso(t)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -423,6 +425,13 @@ _SCHEMA = [
     ("solution@target", "str", (), False),
     ("solution@reference_method", "str", (), False),
     ("solution@parts", "int", (), False),
+    # /provenance (fbpinn.provenance; absent from files written before it was recorded): R ranks, G segments
+    *((f"provenance@{name}", "str", (), False) for name in (*provenance.REQUIRED, *provenance.OPTIONAL)),
+    ("provenance/ranks/host", "str", ("R",), False),
+    ("provenance/ranks/device", "str", ("R",), False),
+    ("provenance/ranks/threads", "int", ("R",), False),
+    *((f"provenance/segments/{name}", "real" if dtype is np.float64 else "int", ("G",), False)
+      for name, dtype in provenance.SEGMENT_FIELDS),
 ]
 GROUPS = ("decomposition", "training", "solution", "parameters")  # required groups
 MAX_DEPTH = 8  # groups nested deeper than this (fbpinn writes 3) are refused, so that a looped file ends
@@ -610,7 +619,8 @@ def _check_entries(f: h5py.File, path, entries, dims: dict) -> None:
         if at != "@" and not isinstance(value, h5py.Dataset):
             raise ResultsError(f"{path}: {what} is a {type(value).__name__}, not a dataset")
         got = _kind(value)
-        if got != kind and not (kind == "real" and got == "int"):
+        strings = kind == "str" and isinstance(value, h5py.Dataset) and value.dtype.kind == "S"  # fixed-length
+        if got != kind and not (kind == "real" and got == "int") and not strings:
             dtype = value.dtype if isinstance(value, h5py.Dataset) else np.asarray(value).dtype
             raise ResultsError(f"{path}: {what} holds {got or 'data of type ' + str(dtype)}, expected {kind}")
         if shape is not None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import registry, schedulers
+from . import provenance, registry, schedulers
 from .config import Config
 from .decomposition import Level
 from .derivatives import parse
@@ -65,6 +65,7 @@ class Run:
     n_ranks: int = 1
     parameters: dict = field(default_factory=dict)  # "level0/W0" -> full stacked array
     block: dict | None = None  # this rank's solution block when written per rank (output.per_rank)
+    provenance: dict | None = None  # on rank 0: the record of fbpinn.provenance, its last segment closed
 
 
 def configure_threads(threads: int, ctx: Context | None = None) -> int:
@@ -162,6 +163,8 @@ class Trainer:
         self.stop_agreed = False  # some rank received a stop signal (see stop_signals)
         self.snapshots = None  # a fbpinn.io.Snapshots on rank 0 while fbpinn train writes them
         self._snapshot_block = None  # (offset, shape, points) of this rank's block of output.snapshot_points
+        self.provenance = None  # on rank 0 while training: the record of fbpinn.provenance (open segment)
+        self._stage_points = None  # see stage_points()
 
     def resample(self) -> None:
         """(Re)draw collocation points and prepare every term's batch."""
@@ -194,14 +197,22 @@ class Trainer:
     def _within(self, term: Term, t_min: float | None, t_max: float) -> Term:
         """The part of ``term`` with t_min < t < t_max (the slab's open support; t <= t_max at
         the domain's end), normalised by its global point count."""
-        d = self.problem.axes.index("t")
-        t = term.x[:, d].double()
-        keep = (t <= t_max) if t_max >= self.problem.domain.hi[d] else (t < t_max)
-        if t_min is not None:
-            keep &= t > t_min
+        keep = self._in_slab(term.x, t_min, t_max)
         n = int(self.ctx.allreduce(np.array([float(keep.sum())]))[0])
         target = None if term.target is None else term.target[keep]
         return Term(term.name, term.x[keep], term.needs, term.residual, term.weight, target, max(n, 1))
+
+    def _in_slab(self, x: torch.Tensor, t_min: float | None, t_max: float | None) -> torch.Tensor:
+        """Which of the points ``x`` lie in t_min < t < t_max (t <= t_max at the domain's end; no
+        bound where None)."""
+        d = self.problem.axes.index("t")
+        t = x[:, d].double()
+        keep = torch.ones_like(t, dtype=torch.bool)
+        if t_max is not None:
+            keep &= (t <= t_max) if t_max >= self.problem.domain.hi[d] else (t < t_max)
+        if t_min is not None:
+            keep &= t > t_min
+        return keep
 
     def _enter(self, index: int) -> None:
         """Switch to stage ``index`` of the schedule: windows, frozen subdomains, a fresh optimiser
@@ -227,15 +238,20 @@ class Trainer:
         return parts.sum(), parts
 
     def _compiled_loss(self):
-        """The loss through torch.compile; falls back to eager if compilation fails."""
+        """The loss through torch.compile; falls back to eager if compilation fails.  The first
+        call compiles (tens of seconds for a large step): it is announced and timed in the log."""
         if self._compiled is None:
             self._compiled = torch.compile(self._loss_impl)
+            logger.info("compiling the step (torch.compile); the first steps wait for it")
+            t0 = time.perf_counter()
             try:
-                return self._compiled()
+                out = self._compiled()
             except Exception as e:  # no C++ compiler, unsupported platform, ...
                 logger.warning("torch.compile failed (%s); training without compilation", str(e).splitlines()[0])
                 self._loss = self._loss_impl
                 return self._loss_impl()
+            logger.info("compiled the step in %.1f s", time.perf_counter() - t0)
+            return out
         return self._compiled()
 
     def step(self, step: int):
@@ -402,6 +418,8 @@ class Trainer:
             if self.ctx.rank == 0:  # a resumed run drops the snapshots its checkpoint did not see
                 self.snapshots = Snapshots(Path(checkpoints.folder).parent / "snapshots.h5", self.problem, cfg,
                                            self.problem.domain.grid_axes(points), first - 1)
+        self.provenance = provenance.begin(self.ctx, cfg, self.model.device, torch.get_num_threads(), first,
+                                           provenance.earlier_segments(resume))
         self._log_header()
         if resume is not None:
             logger.info("resumed from %s at step %d of %d (written by %d rank(s))", checkpoints.last if checkpoints
@@ -411,6 +429,8 @@ class Trainer:
         u_local = None
         with stop_signals() if checkpoints is not None else contextlib.nullcontext():
             for step in range(first, tr.steps + 1):
+                if self.schedule.stage_of(step) != self.stage.index:  # measure each stage's speed on its own
+                    t_log, step_log = time.perf_counter(), step - 1
                 value, parts, lr = self.step(step)
                 run.loss_per_step.append(value)
                 if not math.isfinite(value):
@@ -437,7 +457,7 @@ class Trainer:
                     now = time.perf_counter()
                     rate = (step - step_log) / max(now - t_log, 1e-9)
                     t_log, step_log = now, step
-                    eta = (tr.steps - step) / rate if rate > 0 else 0.0
+                    eta = remaining_seconds(self.schedule, step, tr.steps, rate, self.stage_points())
                     err_text = f"  rel_l2 {hist['rel_l2'][-1]:.3e}" if hist["step"][-1] == step else ""
                     if err_text and self.n_fields > 1:
                         err_text += " (" + ", ".join(f"{name} {e:.3e}" for name, e in
@@ -472,7 +492,22 @@ class Trainer:
             run.has_exact = run.u_exact is not None
         run.parameters = self.dist.gather_parameters(self.model.nets) or {}
         run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
+        run.provenance = provenance.closed(self.provenance, tr.steps)
         return run
+
+    def stage_points(self) -> list:
+        """The global number of loss points of every stage of the schedule (the ETA's measure of a
+        stage's cost per step); counted once, collectively, from the current points.  [0.0] for a
+        schedule of one stage (nothing to compare: no points are counted)."""
+        if self._stage_points is None:
+            counts = np.zeros(self.schedule.n_stages)
+            if self.schedule.n_stages > 1:
+                for i in range(self.schedule.n_stages):
+                    st = self.schedule.stage(i)
+                    counts[i] = sum(float(self._in_slab(t.x, st.t_min, st.t_max).sum()) for t in self.full_terms)
+                counts = self.ctx.allreduce(counts)
+            self._stage_points = counts.tolist()
+        return self._stage_points
 
     def _log_header(self) -> None:
         tr = self.cfg.training
@@ -514,6 +549,32 @@ class Stopped(Exception):
         self.step, self.steps, self.path = step, steps, path
         self.signal = signal.Signals(signum).name if signum else "a signal to another rank"
         super().__init__(f"stopped at step {step} of {steps} on {self.signal}; checkpoint {path}")
+
+
+def remaining_seconds(schedule, step: int, steps: int, rate: float, points) -> float:
+    """Estimated seconds from after ``step`` to ``steps``, given the current stage's measured
+    ``rate`` (steps per second) and ``points[i]``, the loss points of stage i of ``schedule``
+    (an object with ``n_stages`` and ``stage_of(step)``, nondecreasing in the step).
+
+    The current stage's remaining steps go at ``rate``; a later stage's at ``rate`` scaled by
+    the ratio of the current stage's points to its own (a step's cost grows with its points:
+    time-marching's final stage, where every subdomain trains, takes all the points, each slab
+    only those of its own support).  0 when ``rate`` is not positive."""
+    if rate <= 0 or step >= steps:
+        return 0.0
+    current = schedule.stage_of(step)
+    base = max(float(points[current]), 1.0) if len(points) > current else 1.0
+    total, lo = 0.0, step + 1
+    while lo <= steps:
+        stage = schedule.stage_of(lo)
+        a, b = lo, steps  # the last step of this stage: binary search on the nondecreasing stage_of
+        while a < b:
+            mid = (a + b + 1) // 2
+            a, b = (mid, b) if schedule.stage_of(mid) == stage else (a, mid - 1)
+        scale = max(float(points[stage]), 1.0) / base if len(points) > stage and stage != current else 1.0
+        total += (a - lo + 1) / rate * scale
+        lo = a + 1
+    return total
 
 
 def _hms(seconds: float) -> str:

@@ -75,7 +75,7 @@ def versions(parallel: bool) -> dict:
         out["mpi4py_version"] = getattr(mpi4py, "__version__", "")
         mpi = sys.modules.get("mpi4py.MPI")
         if parallel and mpi is not None:
-            out["mpi_library_version"] = mpi.Get_library_version().strip().splitlines()[0]
+            out["mpi_library_version"] = " ".join(mpi.Get_library_version().split("\n", 1)[0].split())
     return out
 
 

@@ -177,3 +177,9 @@ class Level:
             wins = [(wk.unsqueeze(2) * w[c[d]].unsqueeze(1)).reshape(n, m) for wk, c in zip(wins, counts)]
         point, slot = valid.nonzero(as_tuple=True)
         return point, sub[point, slot], torch.stack([w[point, slot] for w in wins])
+
+
+def config_levels(cfg, problem) -> list[Level]:
+    """The levels of ``cfg``'s decomposition over ``problem``'s domain."""
+    dec = cfg.decomposition
+    return [Level(problem.domain, shape, dec.overlap, dec.window) for shape in dec.level_shapes()]

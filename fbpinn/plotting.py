@@ -47,6 +47,7 @@ from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from .compare import grid as _grid  # noqa: E402  (the test grid's coordinate vectors)
 from .decomposition import Level  # noqa: E402
 from .domains import Box  # noqa: E402
 from .io import (TEMPORARY, ResultsError, field_names, new_folders, read_results, read_snapshots,  # noqa: E402
@@ -680,11 +681,6 @@ def _layout(fig, figsize, suptitle: bool) -> None:
 # ----------------------------------------------------------------------------- reading
 def _axis_names(data) -> list[str]:
     return str(data["attrs"]["axes"]).split(",")
-
-
-def _grid(data) -> list[np.ndarray]:
-    """Test-grid coordinate vectors, one per axis, in axis order."""
-    return [data["solution"][f"axis_{a}"] for a in _axis_names(data)]
 
 
 def _n_space(data) -> int:

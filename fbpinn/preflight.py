@@ -123,7 +123,7 @@ def estimate_memory(cfg, ctx) -> MemoryEstimate:
     every subdomain level contributes ``prod_d min(n_d, overlap)`` pairs per point; time-marching
     is sized for its all-together phase."""
     from . import registry
-    from .decomposition import Level
+    from .decomposition import config_levels
     from .derivatives import FaaDiBruno, closure, parse
     from .parallel import Distribution
 
@@ -137,8 +137,7 @@ def estimate_memory(cfg, ctx) -> MemoryEstimate:
     fraction = 1.0
     if ctx.parallel:
         problem = problem_cls(cfg.problem)
-        dec = cfg.decomposition
-        levels = [Level(problem.domain, shape, dec.overlap, dec.window) for shape in dec.level_shapes()]
+        levels = config_levels(cfg, problem)
         axes_split = cfg.parallel.axes or None
         if cfg.schedule.kind == "time_marching" and axes_split is None:
             axes_split = [d for d, name in enumerate(axes) if name != "t"]

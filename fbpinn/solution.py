@@ -80,7 +80,7 @@ class Solution:
         """Model of the stored config with the stored weights and constants, in the stage of ``step``."""
         from . import registry, schedulers
         from .config import load_config
-        from .decomposition import Level
+        from .decomposition import config_levels
         from .model import FBPINN
 
         try:
@@ -90,8 +90,7 @@ class Solution:
         cfg = load_config(data=data)
         dtype = getattr(torch, cfg.training.dtype)
         problem = registry.get("problem", cfg.problem_name)(cfg.problem, dtype)
-        dec = cfg.decomposition
-        levels = [Level(problem.domain, shape, dec.overlap, dec.window) for shape in dec.level_shapes()]
+        levels = config_levels(cfg, problem)
         gen = torch.Generator().manual_seed(cfg.training.seed)  # initial weights, all replaced below
         model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, device=device)
         problem.to(model.device)

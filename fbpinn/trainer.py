@@ -28,7 +28,7 @@ import torch
 
 from . import provenance, registry, schedulers
 from .config import Config
-from .decomposition import Level
+from .decomposition import config_levels
 from .derivatives import parse
 from .domains import sample
 from .model import FBPINN
@@ -83,8 +83,7 @@ def build(cfg: Config, ctx: Context | None = None):
     torch.manual_seed(cfg.training.seed)
     gen = torch.Generator().manual_seed(cfg.training.seed)
     problem = registry.get("problem", cfg.problem_name)(cfg.problem, dtype)
-    dec = cfg.decomposition
-    levels = [Level(problem.domain, shape, dec.overlap, dec.window) for shape in dec.level_shapes()]
+    levels = config_levels(cfg, problem)
     axes = cfg.parallel.axes or None
     if cfg.schedule.kind == "time_marching" and axes is None:
         axes = [d for d, name in enumerate(problem.axes) if name != "t"]  # march in t, split space

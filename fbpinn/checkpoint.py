@@ -37,16 +37,16 @@ import h5py
 import numpy as np
 import torch
 
-from . import __version__, provenance
+from . import __version__, history, provenance
 from .config import load_config, to_dict, to_toml
 from .io import write_atomic
+from .model import parameter_key
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "fbpinn-checkpoint"
 VERSION = 2  # 2: SHA-256 of every dataset (attribute "sha256") and of the state (root "state_sha256")
 NAME = re.compile(r"^step_(\d+)\.h5$")
-HISTORY = ("step", "loss", "loss_terms", "rel_l2", "time", "lr", "stage")
 MODULE_ATTRIBUTES = ("problem_module", "problem_module_sha256")  # root attributes of a run with problem.module
 # Config keys a resumed run may change; every other key must equal the checkpoint's.
 MAY_CHANGE = {"training.steps", "training.threads", "training.device", "training.compile", "training.log_every",
@@ -71,54 +71,15 @@ def listing(folder) -> list[tuple[int, Path]]:
 
 
 # ----------------------------------------------------------------------------- state
-def _tensors(trainer):
-    """(key, parameter tensor, level or None) of everything the optimiser trains."""
-    for level, net in enumerate(trainer.model.nets):
-        for l, (w, b) in enumerate(zip(net.weights, net.biases)):
-            yield f"level{level}/W{l}", w, level
-            yield f"level{level}/b{l}", b, level
-    for name, p in trainer.problem.parameters().items():
-        yield f"problem/{name}", p, None
-
-
-def collect(trainer, step: int, history: dict, loss_per_step, wall_time: float) -> dict | None:
-    """The run's state as numpy arrays on rank 0 (None on the others).  Every rank calls it."""
-    opt = trainer.optimizer
-    index = {id(p): i for i, p in enumerate(opt.params)}
-    arrays, steps = {}, {}
-    for level, net in enumerate(trainer.model.nets):
-        tensors = {}
-        for key, t, lv in _tensors(trainer):
-            if lv == level:
-                i = index[id(t)]
-                name = key.split("/", 1)[1]
-                tensors[f"parameters/{name}"] = t
-                tensors[f"exp_avg/{name}"] = opt.exp_avg[i]
-                tensors[f"exp_avg_sq/{name}"] = opt.exp_avg_sq[i]
-                steps[key] = float(opt.steps[i])
-        full = trainer.dist.gather_stacked(level, net, tensors)
-        if full is not None:
-            arrays.update({f"{k.split('/')[0]}/level{level}/{k.split('/')[1]}": v for k, v in full.items()})
-    if trainer.ctx.rank != 0:
-        return None
-    for key, t, lv in _tensors(trainer):
-        if lv is None:  # learned constants: replicated, identical on every rank
-            i = index[id(t)]
-            arrays[f"parameters/{key}"] = t.detach().cpu().numpy()
-            arrays[f"exp_avg/{key}"] = opt.exp_avg[i].cpu().numpy()
-            arrays[f"exp_avg_sq/{key}"] = opt.exp_avg_sq[i].cpu().numpy()
-            steps[key] = float(opt.steps[i])
-    return {"step": step, "stage": trainer.stage.index, "arrays": arrays, "adam_steps": steps,
-            "sampler_state": trainer.sample_state.numpy(), "torch_state": torch.get_rng_state().numpy(),
-            "history": {k: list(v) for k, v in history.items()}, "loss_per_step": list(loss_per_step),
-            "wall_time": wall_time, "n_ranks": trainer.ctx.size, "config": to_toml(trainer.cfg),
-            "term_names": [t.name for t in trainer.terms], "problem_module": trainer.cfg.problem_module,
-            "problem_module_sha256": trainer.cfg.problem_module_sha256,
-            "provenance": provenance.closed(getattr(trainer, "provenance", None), step)}
+# A state is the dict of :meth:`fbpinn.trainer.Trainer.state_dict`: "step", "stage", "arrays"
+# ("parameters/<key>", "exp_avg/<key>", "exp_avg_sq/<key>" -> full array), "adam_steps" (<key> -> count),
+# "sampler_state", "torch_state", "history", "loss_per_step", "wall_time", "n_ranks", "config" (TOML),
+# "term_names", "problem_module", "problem_module_sha256" and "provenance"; <key> is a model parameter's
+# key (fbpinn.model.parameter_key) or "problem/<name>" for a learned constant.
 
 
 def write(path, state: dict) -> Path:
-    """Write a state from :func:`collect` atomically, with the checksums :func:`read` verifies.
+    """Write a state (:meth:`fbpinn.trainer.Trainer.state_dict`) atomically, with the checksums :func:`read` verifies.
 
     A state whose parameters, Adam moments or step counts are not all finite is refused
     (:class:`CheckpointError`): a checkpoint of a run that has already failed is never written."""
@@ -147,18 +108,8 @@ def write(path, state: dict) -> Path:
             f[f"adam/steps/{key}"] = n
         f["rng/sampler"] = state["sampler_state"]
         f["rng/torch"] = state["torch_state"]
-        h = f.create_group("history")
-        for k in HISTORY:
-            if k == "loss_terms":
-                continue
-            h[k] = np.asarray(state["history"][k], dtype=np.float64 if k not in ("step", "stage") else np.int64)
-        h["loss_terms"] = np.asarray(state["history"]["loss_terms"], dtype=np.float64).reshape(
-            len(state["history"]["step"]), len(state["term_names"]))
-        h["loss_terms"].attrs["names"] = ",".join(state["term_names"])
-        h["loss_per_step"] = np.asarray(state["loss_per_step"], dtype=np.float64)
-        if "rel_l2_fields" in state["history"]:
-            h["rel_l2_fields"] = np.asarray(state["history"]["rel_l2_fields"], dtype=np.float64).reshape(
-                len(state["history"]["step"]), -1)
+        history.write(f.create_group("history"), state["history"], state["loss_per_step"], state["term_names"],
+                      problem_fields(load_config(data=tomllib.loads(state["config"]))))
         if state.get("provenance"):
             provenance.write(f.create_group(provenance.GROUP), state["provenance"])
         f.attrs["complete"] = True  # a file without it was not written by this function
@@ -253,9 +204,10 @@ def _layout(cfg) -> dict:
         n = math.prod(grid)
         for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             for name, shape in ((f"W{l}", (n, n_in, n_out)), (f"b{l}", (n, 1, 1, n_out))):
+                key = parameter_key(level, name)
                 for group in ("parameters", "adam/exp_avg", "adam/exp_avg_sq"):
-                    out[f"{group}/level{level}/{name}"] = (shape, dtype)
-                out[f"adam/steps/level{level}/{name}"] = ((), np.dtype("float64"))
+                    out[f"{group}/{key}"] = (shape, dtype)
+                out[f"adam/steps/{key}"] = ((), np.dtype("float64"))
     return out
 
 
@@ -282,11 +234,15 @@ def _provenance_layout(f: h5py.File, datasets: dict, n_ranks: int) -> dict:
     return out
 
 
-def _n_fields(cfg) -> int:
-    """The number of fields of ``cfg``'s problem (one output of every subdomain network each)."""
+def problem_fields(cfg) -> tuple:
+    """The fields of ``cfg``'s problem (one output of every subdomain network each)."""
     from . import registry
 
-    return len(registry.get("problem", cfg.problem_name).fields)
+    return tuple(registry.get("problem", cfg.problem_name).fields)
+
+
+def _n_fields(cfg) -> int:
+    return len(problem_fields(cfg))
 
 
 def _attribute(f, name: str, kind, low=None):
@@ -336,20 +292,17 @@ def _verify(f: h5py.File) -> dict:
         expected[f"adam/steps/problem/{name}"] = ((), np.dtype("float64"))
     n_rng = torch.get_rng_state().numel()
     expected["rng/sampler"] = expected["rng/torch"] = ((n_rng,), np.dtype("uint8"))
-    history = datasets.get("history/step")
-    n_eval = history.shape[0] if history is not None and history.ndim == 1 else -1
+    rows = datasets.get("history/step")
+    n_eval = rows.shape[0] if rows is not None and rows.ndim == 1 else -1
     if not 1 <= n_eval <= step:
-        raise _Damage(f"history/step has shape {None if history is None else history.shape}, expected "
+        raise _Damage(f"history/step has shape {None if rows is None else rows.shape}, expected "
                       f"(E,) with 1 <= E <= step {step}")
     ds = datasets.get("history/loss_terms")
     names = str(_plain(ds.attrs.get("names", ""))) if ds is not None else ""
     term_names = names.split(",") if names else []
-    for k in HISTORY:
-        shape = (n_eval, len(term_names)) if k == "loss_terms" else (n_eval,)
-        expected[f"history/{k}"] = (shape, np.dtype("int64" if k in ("step", "stage") else "float64"))
-    expected["history/loss_per_step"] = ((step,), np.dtype("float64"))
-    if _n_fields(cfg) > 1:
-        expected["history/rel_l2_fields"] = ((n_eval, _n_fields(cfg)), np.dtype("float64"))
+    dims = {"E": n_eval, "T": len(term_names), "F": _n_fields(cfg), "S": step}
+    for name, dtype, shape in (*history.FIELDS, *([history.PER_FIELD] if dims["F"] > 1 else []), history.PER_STEP):
+        expected[f"history/{name}"] = (tuple(dims[d] for d in shape), np.dtype(dtype))
     if provenance.GROUP in f:
         expected.update(_provenance_layout(f, datasets, n_ranks))
     missing, extra = sorted(set(expected) - set(datasets)), sorted(set(datasets) - set(expected))
@@ -385,11 +338,13 @@ def _verify(f: h5py.File) -> dict:
             raise _Damage(f"its provenance's last segment ends at step {last['last_step']} on {last['n_ranks']} "
                           f"rank(s), the checkpoint is at step {step} of {n_ranks} rank(s)")
     return {"cfg": cfg, "data": data, "step": step, "stage": stage, "n_ranks": n_ranks, "wall_time": wall_time,
-            "config": text, "term_names": term_names, "digest": digest, "provenance": record, **module}
+            "config": text, "term_names": term_names, "digest": digest, "provenance": record, **module,
+            "fbpinn_version": str(_plain(f.attrs.get("fbpinn_version", ""))),
+            "written": str(_plain(f.attrs.get("written", "")))}
 
 
 def read(path) -> dict:
-    """A checkpoint file back as the dict :func:`collect` made (and its state checksum as
+    """A checkpoint file back as the state :meth:`fbpinn.trainer.Trainer.state_dict` made (and its state checksum as
     ``"digest"``), after verifying it completely (see the module's docstring).
 
     Raises :class:`CheckpointError` naming the file and what failed; no other exception
@@ -415,14 +370,12 @@ def read(path) -> dict:
             group, _, rest = name.partition("/")
             arrays[f"{group}/{rest}"] = value
     steps = {p[len("adam/steps/"):]: float(value) for p, value in data.items() if p.startswith("adam/steps/")}
-    history = {k: data[f"history/{k}"].tolist() for k in HISTORY}
-    if "history/rel_l2_fields" in data:
-        history["rel_l2_fields"] = data["history/rel_l2_fields"].tolist()
+    hist, loss_per_step = history.read({p[len("history/"):]: a for p, a in data.items() if p.startswith("history/")})
     return {"step": v["step"], "stage": v["stage"], "arrays": arrays, "adam_steps": steps,
-            "sampler_state": data["rng/sampler"], "torch_state": data["rng/torch"], "history": history,
-            "loss_per_step": data["history/loss_per_step"].tolist(), "wall_time": float(v["wall_time"]),
+            "sampler_state": data["rng/sampler"], "torch_state": data["rng/torch"], "history": hist,
+            "loss_per_step": loss_per_step, "wall_time": float(v["wall_time"]),
             "n_ranks": v["n_ranks"], "config": v["config"], "term_names": v["term_names"], "digest": v["digest"],
-            "provenance": v["provenance"], **{k: v[k] for k in MODULE_ATTRIBUTES}}
+            "provenance": v["provenance"], **{k: v[k] for k in (*MODULE_ATTRIBUTES, "fbpinn_version", "written")}}
 
 
 def check_compatible(state: dict, cfg, path, allow_module_change: bool = False) -> None:
@@ -453,39 +406,10 @@ def check_compatible(state: dict, cfg, path, allow_module_change: bool = False) 
         logger.warning("%s: going on with the changed code (--allow-module-change)", text)
 
 
-@torch.no_grad()
-def restore(trainer, state: dict) -> None:
-    """Put a state into a freshly built trainer (any number of ranks): the schedule's stage,
-    the current collocation points, parameters and optimiser state."""
-    index = trainer.schedule.stage_of(state["step"])
-    if index != trainer.stage.index:
-        trainer._enter(index)
-    opt = trainer.optimizer
-    position = {id(p): i for i, p in enumerate(opt.params)}
-    arrays = state["arrays"]
-    for key, t, level in _tensors(trainer):
-        i = position[id(t)]
-        rows = None if level is None else trainer.model.nets[level].held.numpy()
-        for dst, kind in ((t, "parameters"), (opt.exp_avg[i], "exp_avg"), (opt.exp_avg_sq[i], "exp_avg_sq")):
-            src = arrays.get(f"{kind}/{key}")
-            if src is None:
-                raise CheckpointError(f"checkpoint has no {kind}/{key}")
-            src = np.asarray(src) if level is None else np.asarray(src)[rows]
-            if tuple(src.shape) != tuple(dst.shape):
-                raise CheckpointError(f"checkpoint {kind}/{key} has shape {src.shape}, the model {tuple(dst.shape)}")
-            dst.copy_(torch.from_numpy(src).to(dst.device, dst.dtype))
-        opt.steps[i].fill_(state["adam_steps"][key])
-    # The points drawn at the last resampling before the checkpoint, prepared with the restored
-    # parameters (a time-marching batch holds the frozen subdomains' part of the solution).
-    trainer.gen.set_state(torch.from_numpy(np.asarray(state["sampler_state"], dtype=np.uint8)))
-    trainer.resample()
-    torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_state"], dtype=np.uint8)))
-
-
 def all_finite(trainer) -> bool:
     """Whether every rank's parameters and Adam moments are finite (collective)."""
     opt = trainer.optimizer
-    tensors = [t for _, t, _ in _tensors(trainer)] + list(opt.exp_avg) + list(opt.exp_avg_sq)
+    tensors = [t for _, t, _ in trainer.named_tensors()] + list(opt.exp_avg) + list(opt.exp_avg_sq)
     bad = sum(int(not torch.isfinite(t).all()) for t in tensors)
     return float(trainer.ctx.allreduce(np.array([float(bad)]))[0]) == 0.0
 
@@ -502,9 +426,9 @@ class Checkpoints:
     def due(self, step: int, final: bool) -> bool:
         return final or (self.every > 0 and step % self.every == 0)
 
-    def save(self, trainer, step: int, history: dict, loss_per_step, wall_time: float) -> Path | None:
-        """Write the state after ``step`` (collective; rank 0 writes and prunes old files)."""
-        state = collect(trainer, step, history, loss_per_step, wall_time)
+    def save(self, trainer, step: int) -> Path | None:
+        """Write the trainer's state after ``step`` (collective; rank 0 writes and prunes old files)."""
+        state = trainer.state_dict(step)
         path = path_for(self.folder, step)
         if trainer.ctx.rank == 0:
             t0 = time.perf_counter()

@@ -14,7 +14,10 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import math
+import os
 import sys
+import tomllib
 from pathlib import Path
 
 logger = logging.getLogger("fbpinn")
@@ -179,10 +182,10 @@ def cmd_plot(args) -> int:
             return 0
     except plotting.PlotError as e:
         raise UsageError(str(e)) from None
-    for p in args.files:
-        read_results(p)  # validates every file before drawing anything
     try:
         if len(args.files) > 1 or args.compare:
+            for p in args.files:
+                read_results(p)  # validates every file before drawing anything
             out = Path(args.compare or Path(args.files[0]).with_name("compare.png"))
             written = [plotting.plot_compare(args.files, out)]
         else:
@@ -195,28 +198,16 @@ def cmd_plot(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from . import provenance
-    from .io import ResultsError, field_names, is_snapshots, read_results, read_snapshots
+    from . import checkpoint
+    from .io import file_format, read_results
 
-    if is_snapshots(args.file):
-        snap = read_snapshots(args.file)
-        a, steps = snap["attrs"], snap["step"]
-        grid = " x ".join(f"{len(v)} {k}" for k, v in snap["axes"].items())
-        span = f", steps {int(steps[0])} .. {int(steps[-1])}, {float(snap['time'][-1]):.1f} s of training" \
-            if len(steps) else ""
-        print(f"{args.file}: snapshots of problem {a.get('problem', '?')}, fields {a.get('fields', '?')}, "
-              f"fbpinn {a.get('fbpinn_version', '?')}")
-        print(f"  {len(steps)} snapshot(s) on a grid of {grid}{span}")
-        if args.config:
-            print(a.get("config", ""))
-        return 0
+    kind = file_format(args.file)
+    if kind == "fbpinn-snapshots":
+        return _info_snapshots(args)
+    if kind == checkpoint.FORMAT:
+        return _info_checkpoint(args)
     data = read_results(args.file)
-    record = None
-    if "provenance" in data:  # files written before provenance was recorded have none
-        try:
-            record = provenance.read(data["provenance"])
-        except (KeyError, TypeError, ValueError) as e:  # UnicodeDecodeError among them: damaged strings
-            raise ResultsError(f"{args.file}: damaged /provenance ({type(e).__name__}: {e})") from None
+    record = _provenance_of(args.file, data.get("provenance"))
     a, tr = data["attrs"], data["training"]
     print(f"{args.file}: problem {a['problem']}, fbpinn {a['fbpinn_version']}, schema {a['schema_version']}, "
           f"{a['n_ranks']} rank(s)")
@@ -228,18 +219,90 @@ def cmd_info(args) -> int:
             print(f"  {name}: {len(g['centres'])} subdomains, grid {g['attrs']['shape'].tolist()}")
     sol = data["solution"]["attrs"]
     versus = f" against the reference ({sol.get('reference_method', '')})" if sol.get("target") == "reference" else ""
-    print(f"  steps {int(tr['step'][-1])}, final loss {tr['loss'][-1]:.4e}, final rel_l2 {tr['rel_l2'][-1]:.4e}{versus}")
-    if "rel_l2_fields" in tr:
-        fields = field_names(a)
-        print("  final rel_l2 per field: " + ", ".join(f"{f} {e:.4e}" for f, e in zip(fields, tr["rel_l2_fields"][-1])))
+    _print_history(tr["step"], tr["loss"], tr["rel_l2"], tr.get("rel_l2_fields"), a, versus)
     for name, value in data.get("learned", {}).items():
         if name != "attrs":
             print(f"  learned {name} = {float(value):.6g}")
+    _print_tail(record, a["config"] if args.config else None)
+    return 0
+
+
+def _print_history(steps, loss, rel_l2, per_field, attrs, versus: str = "") -> None:
+    """The last row of a run's history: step, loss and errors (per field for several fields)."""
+    from .io import field_names
+
+    print(f"  steps {int(steps[-1])}, final loss {loss[-1]:.4e}, final rel_l2 {rel_l2[-1]:.4e}{versus}")
+    if per_field is not None and len(per_field):
+        print("  final rel_l2 per field: " + ", ".join(f"{f} {e:.4e}" for f, e in zip(field_names(attrs),
+                                                                                     per_field[-1])))
+
+
+def _provenance_of(path, group):
+    """The provenance record of a file's /provenance (None where it has none); a damaged one is a
+    ResultsError naming the file."""
+    from . import provenance
+    from .io import ResultsError
+
+    if group is None:
+        return None
+    try:
+        return provenance.read(group)
+    except (KeyError, TypeError, ValueError) as e:  # UnicodeDecodeError among them: damaged strings
+        raise ResultsError(f"{path}: damaged /provenance ({type(e).__name__}: {e})") from None
+
+
+def _print_tail(record, config: str | None) -> None:
+    """What every kind of file ends its summary with: the provenance and, if asked, the config."""
+    from . import provenance
+
     if record is not None:
         print("provenance:")
         print("\n".join(provenance.describe(record)))
-    if args.config:
-        print(a["config"])
+    if config is not None:
+        print(config)
+
+
+def _info_snapshots(args) -> int:
+    from .io import read_snapshots
+
+    snap = read_snapshots(args.file)
+    a, steps = snap["attrs"], snap["step"]
+    grid = " x ".join(f"{len(v)} {k}" for k, v in snap["axes"].items())
+    span = f", steps {int(steps[0])} .. {int(steps[-1])}, {float(snap['time'][-1]):.1f} s of training" \
+        if len(steps) else ""
+    print(f"{args.file}: snapshots of problem {a.get('problem', '?')}, fields {a.get('fields', '?')}, "
+          f"fbpinn {a.get('fbpinn_version', '?')}")
+    print(f"  {len(steps)} snapshot(s) on a grid of {grid}{span}")
+    _print_tail(snap.get("provenance"), a.get("config", "") if args.config else None)
+    return 0
+
+
+def _info_checkpoint(args) -> int:
+    from . import checkpoint
+    from .config import load_config
+    from .io import ResultsError
+
+    try:
+        state = checkpoint.read(args.file)
+    except checkpoint.CheckpointError as e:
+        raise ResultsError(str(e)) from None
+    cfg = load_config(data=tomllib.loads(state["config"]))
+    hist = state["history"]
+    print(f"{args.file}: checkpoint of problem {cfg.problem_name} at step {state['step']} of "
+          f"{cfg.training.steps} (schedule stage {state['stage']}), fbpinn {state['fbpinn_version'] or '?'}, "
+          f"{state['n_ranks']} rank(s)")
+    print(f"  written {state['written'] or '?'}, {float(state['wall_time']):.1f} s of training; verified "
+          f"(sha256 {state['digest'][:16]}...)")
+    if state.get("problem_module"):
+        print(f"  problem module {state['problem_module']} (sha256 {state.get('problem_module_sha256') or 'unknown'})")
+    for level, shape in enumerate(cfg.decomposition.level_shapes()):
+        print(f"  level{level}: {math.prod(shape)} subdomains, grid {list(shape)}")
+    _print_history(hist["step"], hist["loss"], hist["rel_l2"], hist.get("rel_l2_fields"),
+                   {"fields": ",".join(checkpoint.problem_fields(cfg))})
+    for key, value in state["arrays"].items():
+        if key.startswith("parameters/problem/"):
+            print(f"  learned {key.rsplit('/', 1)[1]} = {float(value):.6g}")
+    _print_tail(state.get("provenance"), state["config"] if args.config else None)
     return 0
 
 
@@ -247,7 +310,7 @@ def cmd_export(args) -> int:
     from .export import xdmf
 
     try:
-        path = xdmf(args.file, args.out)
+        path = xdmf(args.file, args.out, args.step)
     except OSError as e:
         raise UsageError(f"cannot write {e.filename or args.out}: {e.strerror or e}") from None
     logger.info("wrote %s", path)
@@ -300,8 +363,7 @@ def cmd_eval(args) -> int:
     grid = None
     if args.grid is not None:
         grid = _grid_shape(args.grid, sol)
-        mesh = np.meshgrid(*[np.linspace(a, b, n) for a, b, n in zip(*sol.domain, grid)], indexing="ij")
-        x = np.stack([m.reshape(-1) for m in mesh], axis=1)  # first axis slowest, as the test grid
+        x = sol.model.problem.domain.grid(grid).numpy()  # first axis slowest, as the test grid
     else:
         x = _read_points(args.points, sol.axes)
     try:
@@ -555,12 +617,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--dpi", type=int, default=120, help="resolution of the still figures (20..1200; default 120)")
     pl.set_defaults(func=cmd_plot)
 
-    x = sub.add_parser("export", help="describe a results file for ParaView/VTK (XDMF)",
-                       description="Write RUN.xdmf beside RUN (a run.h5): an XDMF 2 description of the test grid and "
-                                   "the solution datasets of RUN, which ParaView and VTK open; the data stays in RUN.")
-    x.add_argument("file", help="run.h5 file")
+    x = sub.add_parser("export", help="describe a results or snapshots file for ParaView/VTK (XDMF)",
+                       description="Write RUN.xdmf beside RUN (a run.h5 or a snapshots.h5): an XDMF 2 description of "
+                                   "the grid and the solution datasets of RUN, which ParaView and VTK open; the data "
+                                   "stays in RUN.")
+    x.add_argument("file", help="run.h5 or snapshots.h5 file")
     x.add_argument("--xdmf", action="store_true", help="write XDMF (the default and only format)")
     x.add_argument("--out", metavar="FILE", help="where to write it (default: the file's name with .xdmf)")
+    x.add_argument("--step", type=int, metavar="S",
+                   help="snapshots of a space-time problem: the training step of the snapshot to describe (default: "
+                        "the newest)")
     x.set_defaults(func=cmd_export)
 
     c = sub.add_parser("compare", help="tabulate several runs: errors, times, differences between solutions",
@@ -623,7 +689,14 @@ def main(argv=None) -> int:
             if getattr(args, "ctx", None) is not None and args.ctx.parallel:
                 signals.exiting()  # a launcher's SIGTERM while this rank exits must not change its status
             return status
-    return _run(args)
+    try:
+        return _run(args)
+    except BrokenPipeError:  # the reader went away (fbpinn info run.h5 | head): not an error of ours
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        except (OSError, ValueError):  # no descriptor behind sys.stdout: nothing is flushed at exit
+            pass
+        return 0
 
 
 def _run(args) -> int:

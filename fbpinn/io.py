@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__, provenance
+from . import __version__, history, provenance
 from .config import to_toml
 
 SCHEMA_VERSION = 1
@@ -178,6 +178,7 @@ class Snapshots:
 
     def __init__(self, path, problem, cfg, axes, after_step: int = 0):
         self.path = Path(path)
+        self.axes = tuple(problem.axes)
         self.fields = tuple(problem.fields)
         self.shape = tuple(len(a) for a in axes)
         if after_step > 0 and self._matches():
@@ -188,8 +189,7 @@ class Snapshots:
             return
 
         def fill(f):
-            f.attrs.update({"format": self.FORMAT, "fbpinn_version": __version__, "problem": cfg.problem_name,
-                            "axes": ",".join(problem.axes), "fields": ",".join(self.fields), "config": to_toml(cfg)})
+            _header(f, self.FORMAT, cfg, problem)
             for name, axis in zip(problem.axes, axes):
                 f[f"axis_{name}"] = np.asarray(axis, dtype=np.float64)
             f.create_dataset("step", shape=(0,), maxshape=(None,), dtype=np.int64)
@@ -197,6 +197,7 @@ class Snapshots:
             for name in self.fields:
                 f.create_dataset(name, shape=(0, *self.shape), maxshape=(None, *self.shape), dtype=np.float64,
                                  chunks=(1, *self.shape) if np.prod(self.shape) <= 2**22 else True)
+            attach_scales(f, self.axes, leading="step")
 
         write_atomic(self.path, fill)
 
@@ -209,19 +210,27 @@ class Snapshots:
         except (OSError, KeyError):
             return False
 
-    def append(self, step: int, elapsed: float, u: np.ndarray) -> None:
-        """Add the fields ``u`` (grid shape + (F,)) after ``step``, ``elapsed`` seconds into training."""
+    def append(self, step: int, elapsed: float, u: np.ndarray, record: dict | None = None) -> None:
+        """Add the fields ``u`` (grid shape + (F,)) after ``step``, ``elapsed`` seconds into training;
+        ``record``: the run's provenance up to ``step`` (:mod:`fbpinn.provenance`), which replaces
+        the file's ``/provenance``."""
         with h5py.File(self.path, "a") as f:
             n = f["step"].shape[0]
             for name, value in [("step", step), ("time", elapsed)] + [(k, u[..., i]) for i, k in enumerate(self.fields)]:
                 f[name].resize(n + 1, axis=0)
                 f[name][n] = value
+            if record:
+                if provenance.GROUP in f:
+                    del f[provenance.GROUP]
+                provenance.write(f.create_group(provenance.GROUP), record)
 
 
-def read_snapshots(path) -> dict:
+def read_snapshots(path, values: bool = True) -> dict:
     """A snapshots file (:class:`Snapshots`) as ``{"attrs", "axes" (name -> coordinates),
-    "step", "time", "fields" (name -> (S, *grid) array)}``, checked: ResultsError naming the file
-    and what is wrong for anything else, a damaged file included."""
+    "step", "time", "fields" (name -> (S, *grid) array), "provenance" (where present)}``,
+    checked: ResultsError naming the file and what is wrong for anything else, a damaged file
+    included.  ``values=False`` checks the fields' shapes but leaves their values on disk
+    (``"fields"`` is then empty)."""
     path = Path(path)
     with _opened(path, Snapshots.FORMAT, "snapshots") as f:
         _check_objects(f, path)
@@ -250,17 +259,33 @@ def read_snapshots(path) -> dict:
                 got = None if not isinstance(ds, h5py.Dataset) else ds.shape
                 raise ResultsError(f"{path}: dataset /{name} (field of the fields attribute) has shape {got}, "
                                    f"expected {(n, *grid)}")
-            out["fields"][name] = ds[()]
+            if values:
+                out["fields"][name] = ds[()]
+        group = f.get(provenance.GROUP)
+        if group is not None:  # the run's provenance up to the newest snapshot (none in older files)
+            try:
+                out["provenance"] = provenance.read(group)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise ResultsError(f"{path}: damaged /provenance ({type(e).__name__}: {e})") from None
         return out
+
+
+def file_format(path) -> str | None:
+    """The ``format`` root attribute of an HDF5 file (``fbpinn-results``, ``fbpinn-part``,
+    ``fbpinn-snapshots``, ``fbpinn-checkpoint``), or None for anything unreadable or without
+    it; the readers then say what is wrong."""
+    try:
+        with h5py.File(path, "r") as f:
+            value = f.attrs.get("format")
+    except _DAMAGE:
+        return None
+    value = value.decode(errors="replace") if isinstance(value, bytes) else value
+    return value if isinstance(value, str) else None
 
 
 def is_snapshots(path) -> bool:
     """Whether ``path`` is a readable HDF5 file that says it is a snapshots file."""
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("format") == Snapshots.FORMAT
-    except _DAMAGE:
-        return False
+    return file_format(path) == Snapshots.FORMAT
 
 
 def part_name(path, rank: int) -> str:
@@ -298,83 +323,76 @@ def _virtual(group, name: str, shape, path, blocks) -> None:
     group.create_virtual_dataset(name, layout, fillvalue=np.nan)
 
 
-def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
-    cfg, problem, model = run.cfg, run.problem, run.model
-    f.attrs["format"] = "fbpinn-results"
-    f.attrs["schema_version"] = SCHEMA_VERSION
+def _header(f: h5py.File, fmt: str, cfg, problem) -> None:
+    """The root attributes that results and snapshots files share: what the file is, which
+    fbpinn wrote it, the problem, its axes and fields (of ``problem``: a problem or a run), the
+    resolved config, and the user's problem module with the SHA-256 of its source."""
+    f.attrs["format"] = fmt
     f.attrs["fbpinn_version"] = __version__
     f.attrs["problem"] = cfg.problem_name
     f.attrs["axes"] = ",".join(problem.axes)
     f.attrs["fields"] = ",".join(problem.fields)
-    f.attrs["n_ranks"] = run.n_ranks
     f.attrs["config"] = to_toml(cfg)
     if cfg.problem_module:  # the user's own module: where it was, and the hash of the source that trained
         f.attrs["problem_module"] = cfg.problem_module
         f.attrs["problem_module_sha256"] = cfg.problem_module_sha256
+
+
+def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
+    cfg = run.cfg
+    _header(f, "fbpinn-results", cfg, run)
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["n_ranks"] = run.n_ranks
     f.attrs["start_time"] = _iso(run.start_time)
     f.attrs["end_time"] = _iso(time.time())
     f.attrs["wall_time"] = run.wall_time
 
     dec = f.create_group("decomposition")
-    dec.attrs["n_levels"] = len(model.levels)
+    dec.attrs["n_levels"] = len(run.levels)
     dec.attrs["window"] = cfg.decomposition.window
     dec.attrs["overlap"] = cfg.decomposition.overlap
-    dec.attrs["domain_lo"] = np.asarray(problem.domain.lo)
-    dec.attrs["domain_hi"] = np.asarray(problem.domain.hi)
-    for i, lv in enumerate(model.levels):
+    dec.attrs["domain_lo"] = np.asarray(run.domain[0], dtype=np.float64)
+    dec.attrs["domain_hi"] = np.asarray(run.domain[1], dtype=np.float64)
+    for i, lv in enumerate(run.levels):
         g = dec.create_group(f"level{i}")
-        g.attrs["shape"] = np.asarray(lv.shape)
-        g["centres"] = lv.centres().numpy()
-        g["half_widths"] = lv.half_widths().numpy()
+        g.attrs["shape"] = np.asarray(lv["shape"])
+        g["centres"] = lv["centres"]
+        g["half_widths"] = lv["half_widths"]
 
-    tr = f.create_group("training")
-    h = run.history
-    tr["step"] = np.asarray(h["step"], dtype=np.int64)
-    tr["loss"] = np.asarray(h["loss"], dtype=np.float64)
-    tr["rel_l2"] = np.asarray(h["rel_l2"], dtype=np.float64)
-    if "rel_l2_fields" in h:
-        tr["rel_l2_fields"] = np.asarray(h["rel_l2_fields"], dtype=np.float64).reshape(len(h["step"]), -1)
-        tr["rel_l2_fields"].attrs["names"] = ",".join(problem.fields)
-    tr["time"] = np.asarray(h["time"], dtype=np.float64)
-    tr["lr"] = np.asarray(h["lr"], dtype=np.float64)
-    tr["stage"] = np.asarray(h.get("stage", [0] * len(h["step"])), dtype=np.int64)
-    tr["loss_terms"] = np.asarray(h["loss_terms"], dtype=np.float64).reshape(len(h["step"]), len(run.term_names))
-    tr["loss_terms"].attrs["names"] = ",".join(run.term_names)
-    tr["loss_per_step"] = np.asarray(run.loss_per_step, dtype=np.float64)
+    history.write(f.create_group("training"), run.history, run.loss_per_step, run.term_names, run.fields)
 
     sol = f.create_group("solution")
-    shape = tuple(cfg.test.points)
-    for name, axis in zip(problem.axes, problem.domain.grid_axes(shape)):
-        sol[f"axis_{name}"] = axis.numpy()
+    shape = tuple(len(a) for a in run.grid)
+    for name, axis in zip(run.axes, run.grid):
+        sol[f"axis_{name}"] = np.asarray(axis, dtype=np.float64)
     if run.has_exact:
         sol.attrs["target"] = run.target  # "exact" or "reference": the dataset the error is measured against
         if run.target == "reference":
-            sol.attrs["reference_method"] = problem.reference_name
+            sol.attrs["reference_method"] = run.reference_method
     if blocks is not None:
         sol.attrs["parts"] = len(blocks)
-        for _, *names in solution_names(problem.fields, run.target if run.has_exact else None):
+        for _, *names in solution_names(run.fields, run.target if run.has_exact else None):
             for name in filter(None, names):
                 _virtual(sol, name, shape, path, blocks)
     else:
-        fields = (*shape, len(problem.fields))
-        exact = None if run.u_exact is None else run.u_exact.double().numpy().reshape(fields)
-        for name, arr in _solution_arrays(run.u_test.double().numpy().reshape(fields), exact, problem.fields,
-                                          run.target).items():
+        fields = (*shape, len(run.fields))
+        exact = None if run.u_exact is None else np.asarray(run.u_exact, dtype=np.float64).reshape(fields)
+        for name, arr in _solution_arrays(np.asarray(run.u_test, dtype=np.float64).reshape(fields), exact,
+                                          run.fields, run.target).items():
             sol[name] = arr
-    attach_scales(sol, problem.axes)
-    obs = problem.observations()
-    if obs is not None:
+    attach_scales(sol, run.axes)
+    if run.observations is not None:
         data = f.create_group("observations")
-        data["x"], data["u"] = obs[0].double().numpy(), obs[1].double().numpy()
+        data["x"], data["u"] = (np.asarray(a, dtype=np.float64) for a in run.observations)
 
     par = f.create_group("parameters")
-    for name, arr in (run.parameters or model.parameter_arrays()).items():
+    for name, arr in run.parameters.items():
         par[name] = arr
     if run.learned:
         learned = f.create_group("learned")
         for name, value in run.learned.items():
             learned[name] = value
-    if getattr(run, "provenance", None):
+    if run.provenance:
         provenance.write(f.create_group(provenance.GROUP), run.provenance)
 
 
@@ -411,17 +429,7 @@ _SCHEMA = [
     ("decomposition@overlap", "real", (), True),
     ("decomposition@domain_lo", "real", ("d",), True),
     ("decomposition@domain_hi", "real", ("d",), True),
-    ("training/step", "int", ("E",), True),
-    ("training/loss", "real", ("E",), True),
-    ("training/rel_l2", "real", ("E",), True),
-    ("training/time", "real", ("E",), False),
-    ("training/lr", "real", ("E",), False),
-    ("training/stage", "int", ("E",), False),
-    ("training/loss_terms", "real", ("E", "T"), False),
-    ("training/loss_terms@names", "str", (), False),
-    ("training/rel_l2_fields", "real", ("E", "F"), False),
-    ("training/rel_l2_fields@names", "str", (), False),
-    ("training/loss_per_step", "real", ("S",), False),
+    *history.schema("training"),
     ("solution@target", "str", (), False),
     ("solution@reference_method", "str", (), False),
     ("solution@parts", "int", (), False),
@@ -439,8 +447,13 @@ MAX_DEPTH = 8  # groups nested deeper than this (fbpinn writes 3) are refused, s
 _DAMAGE = (OSError, KeyError, TypeError, IndexError, ValueError, RuntimeError, ArithmeticError, MemoryError)
 
 
-def read_results(path) -> dict:
+def read_results(path, lazy: bool = False) -> dict:
     """Read a results file into nested dicts of numpy arrays and attributes.
+
+    ``lazy``: leave the solution's grid datasets (every field, target and error of /solution)
+    on disk: each is then a :class:`Stored` that reads what is sliced from it, so that a
+    solution larger than memory can be used piece by piece.  Everything is checked as without
+    it, the part files of a split solution included (their data is not read).
 
     Raises :class:`ResultsError`, one line naming the file and the problem, if the file is
     missing, not HDF5, not an fbpinn results file of a supported schema version, does not hold
@@ -448,7 +461,101 @@ def read_results(path) -> dict:
     links to other files (see :func:`_check_objects`), or is damaged in any way HDF5 notices."""
     path = Path(path)
     with _checked(path) as f:
-        return _to_dict(f, _read_virtual(f, path))
+        if not lazy:
+            return _to_dict(f, _read_virtual(f, path))
+        blocks = {}
+        _read_virtual(f, path, copy=lambda name, box, ds: blocks.setdefault(name, []).append(
+            (box, Path(ds.file.filename).name)))
+        stored = {ds.name: Stored(path, ds.name, ds.shape, blocks.get(ds.name))
+                  for ds in f["solution"].values() if isinstance(ds, h5py.Dataset) and not ds.name.split("/")[-1]
+                  .startswith("axis_")}
+        return _to_dict(f, stored)
+
+
+class Stored:
+    """A dataset of a results file left on disk (:func:`read_results` with ``lazy=True``):
+    ``shape``, ``ndim``, ``size`` and ``dtype`` (float64) like an array; ``stored[key]`` reads
+    the part that ``key`` (an index, slices with positive steps, or ``...``) selects, and
+    ``numpy.asarray(stored)`` everything.  A solution split over per-rank files is read from
+    the part files themselves, block by block, never through HDF5's virtual dataset (whose
+    missing sources would read as NaN): a part file gone since the check is a ResultsError."""
+
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, path, name: str, shape, blocks=None):
+        self.path, self.name, self.shape = Path(path), name, tuple(int(n) for n in shape)
+        self.blocks = blocks  # [(box of slices, part file name)] of a split solution; None: stored here
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[()]
+        return data if dtype is None else data.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"Stored({str(self.path)!r}, {self.name!r}, shape={self.shape})"
+
+    def __getitem__(self, key):
+        ranges, squeeze = self._ranges(key)
+        out = np.empty(tuple(len(r) for r in ranges), dtype=np.float64)
+        with _reading(self.path):
+            if self.blocks is None:
+                with h5py.File(self.path, "r") as f:
+                    out[...] = f[self.name][tuple(slice(r.start, r.stop, r.step) for r in ranges)]
+            else:
+                for box, part in self.blocks:
+                    self._read_block(out, ranges, box, part)
+        return out.reshape([len(r) for r, sq in zip(ranges, squeeze) if not sq]) if any(squeeze) else out
+
+    def _ranges(self, key):
+        """The range of indices along each axis that ``key`` selects, and which axes an integer
+        index drops."""
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1:]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if len(key) != self.ndim:
+            raise IndexError(f"{len(key)} indices for the {self.ndim} axes of {self.name}")
+        ranges, squeeze = [], []
+        for k, n in zip(key, self.shape):
+            if isinstance(k, (int, np.integer)):
+                k = int(k) + n if k < 0 else int(k)
+                if not 0 <= k < n:
+                    raise IndexError(f"index {k} is out of range for an axis of length {n} of {self.name}")
+                ranges.append(range(k, k + 1))
+                squeeze.append(True)
+            elif isinstance(k, slice) and (k.step or 1) > 0:
+                ranges.append(range(*k.indices(n)))
+                squeeze.append(False)
+            else:
+                raise IndexError(f"{self.name} is read with integers and slices of positive step, not {k!r}")
+        return ranges, squeeze
+
+    def _read_block(self, out, ranges, box, part) -> None:
+        """Copy what ``ranges`` selects of one part file's block ``box`` into ``out``."""
+        local, where = [], []
+        for r, b in zip(ranges, box):
+            first = max(r.start, b.start + (r.start - b.start) % r.step) if b.start > r.start else r.start
+            stop = min(r.stop, b.stop)
+            if first >= stop:
+                return
+            local.append(slice(first - b.start, stop - b.start, r.step))
+            where.append(slice((first - r.start) // r.step, (first - r.start) // r.step + len(range(first, stop, r.step))))
+        file = self.path.parent / part
+        if not file.is_file():
+            raise ResultsError(f"{self.path}: its solution is split over per-rank files and {part} is missing")
+        with h5py.File(file, "r") as f:
+            out[tuple(where)] = f[self.name.rsplit("/", 1)[1]][tuple(local)]
 
 
 @contextmanager
@@ -846,32 +953,46 @@ def _copy_slabs(src, dst, chunk: int, box=()) -> None:
 
 # The attributes by which HDF5 ties dimension scales to datasets (they hold object references into
 # the file): not data, not copied by :func:`merge`, which attaches the scales anew.
-SCALE_ATTRIBUTES = ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST", "_Netcdf4Dimid", "_Netcdf4Coordinates")
+SCALE_ATTRIBUTES = ("CLASS", "NAME", "REFERENCE_LIST", "DIMENSION_LIST", "DIMENSION_LABELS", "_Netcdf4Dimid",
+                    "_Netcdf4Coordinates")
 
 
-def attach_scales(sol, axes) -> None:
-    """Make ``/solution/axis_<a>`` the dimension scale of every test-grid dataset's axis ``a`` in
-    group ``sol``, so that netCDF readers (xarray with h5netcdf) name the dimensions by axis."""
+def attach_scales(sol, axes, leading: str | None = None) -> None:
+    """Make ``axis_<a>`` the dimension scale of every grid dataset's axis ``a`` in group ``sol``,
+    so that netCDF readers (xarray with h5netcdf) name the dimensions by axis.  ``leading``: the
+    name of a vector dataset that is the scale of a first, extra dimension (``step`` in a
+    snapshots file: its datasets are (S, *grid), its other vectors (S,))."""
     scales = [sol[f"axis_{a}"] for a in axes]
     for a, scale in zip(axes, scales):
         scale.make_scale(f"axis_{a}")
+    first = None
+    if leading is not None:
+        first = sol[leading]
+        first.make_scale(leading)
     for name, ds in sol.items():
-        if isinstance(ds, h5py.Dataset) and not name.startswith("axis_") and ds.ndim == len(axes):
-            for d, (a, scale) in enumerate(zip(axes, scales)):
+        if not isinstance(ds, h5py.Dataset) or name.startswith("axis_") or name == leading:
+            continue
+        extra = int(first is not None and ds.ndim in (1, len(axes) + 1))
+        if extra:
+            ds.dims[0].attach_scale(first)
+            ds.dims[0].label = leading
+        if ds.ndim == len(axes) + extra:
+            for d, (a, scale) in enumerate(zip(axes, scales), start=extra):
                 ds.dims[d].attach_scale(scale)
                 ds.dims[d].label = a
 
 
 def _to_dict(g, virtual=None) -> dict:
-    """Group ``g`` as nested dicts: "attrs" holds its attributes, each dataset its array (a
-    virtual one the array in ``virtual`` under its full name) and "<name>.attrs" its attributes."""
+    """Group ``g`` as nested dicts: "attrs" holds its attributes, each dataset its array (or what
+    ``virtual`` holds under its full name: the assembled array of a virtual dataset, a
+    :class:`Stored`) and "<name>.attrs" its attributes."""
     virtual = virtual or {}
     out = {"attrs": {k: _attr(v) for k, v in g.attrs.items() if k not in SCALE_ATTRIBUTES}}
     for name, item in g.items():
         if isinstance(item, h5py.Group):
             out[name] = _to_dict(item, virtual)
         else:
-            out[name] = virtual[item.name] if item.is_virtual else item[()]
+            out[name] = virtual[item.name] if item.name in virtual else item[()]
             if item.attrs:
                 out[name + ".attrs"] = {k: _attr(v) for k, v in item.attrs.items() if k not in SCALE_ATTRIBUTES}
     return out

@@ -25,6 +25,21 @@ from .derivatives import Activation, ProductRule, TaylorTables, autograd_derivat
 from .networks import StackedMLP
 
 
+def stacked_parameters(nets):
+    """``(level, name, tensor)`` for every stacked weight ``W<l>`` (J, n_in, n_out) and bias ``b<l>``
+    (J, 1, 1, n_out) of each level's networks: the one place that names a model's parameters.
+    Files store them as ``level<i>/<name>`` (:func:`parameter_key`)."""
+    for level, net in enumerate(nets):
+        for l, (w, b) in enumerate(zip(net.weights, net.biases)):
+            yield level, f"W{l}", w
+            yield level, f"b{l}", b
+
+
+def parameter_key(level: int, name: str) -> str:
+    """The key of parameter ``name`` of level ``level`` in results files and checkpoints: ``level0/W1``."""
+    return f"level{level}/{name}"
+
+
 @dataclass
 class LevelBlock:
     """The (point, subdomain) pairs of a group of one level's subdomains, padded per subdomain to M.
@@ -287,8 +302,7 @@ class FBPINN(nn.Module):
     def parameter_arrays(self) -> dict:
         """Stacked weights per level and layer, as numpy arrays for the results file."""
         out = {}
-        for i, net in enumerate(self.nets):
-            for l, (w, b) in enumerate(zip(net.weights, net.biases)):
-                out[f"level{i}/W{l}"] = w.detach().cpu().numpy()
-                out[f"level{i}/b{l}"] = b.detach().cpu().numpy()[:, 0, 0]
+        for level, name, t in stacked_parameters(self.nets):
+            array = t.detach().cpu().numpy()
+            out[parameter_key(level, name)] = array[:, 0, 0] if name.startswith("b") else array
         return out

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .domains import Box
+from .model import parameter_key, stacked_parameters
 from .signals import collective
 
 logger = logging.getLogger(__name__)
@@ -479,9 +480,8 @@ class Distribution:
         """Full stacked parameter arrays of every level on rank 0 ("level0/W0", ...); None elsewhere."""
         out = {}
         for level, net in enumerate(nets):
-            tensors = {f"{kind}{l}": t for l, (w, b) in enumerate(zip(net.weights, net.biases))
-                       for kind, t in (("W", w), ("b", b))}
+            tensors = {name: t for lv, name, t in stacked_parameters(nets) if lv == level}
             full = self.gather_stacked(level, net, tensors)
             if full is not None:
-                out.update({f"level{level}/{k}": v[:, 0, 0] if k.startswith("b") else v for k, v in full.items()})
+                out.update({parameter_key(level, k): v[:, 0, 0] if k.startswith("b") else v for k, v in full.items()})
         return out if self.ctx.rank == 0 else None

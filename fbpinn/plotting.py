@@ -31,6 +31,7 @@ backend and every figure is closed after saving; the GIF is written by
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 import tomllib
 from contextlib import contextmanager
@@ -50,13 +51,19 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from .compare import grid as _grid  # noqa: E402  (the test grid's coordinate vectors)
 from .decomposition import Level  # noqa: E402
 from .domains import Box  # noqa: E402
-from .io import (TEMPORARY, ResultsError, field_names, new_folders, read_results, read_snapshots,  # noqa: E402
+from .io import (TEMPORARY, ResultsError, Stored, field_names, file_format, new_folders, read_results, read_snapshots,  # noqa: E402
                  solution_names, staged)
 
+logger = logging.getLogger(__name__)
 DPI = 120
 DPI_RANGE = (20, 1200)
 FORMATS = ("png", "pdf", "svg")  # formats of plot_run's still figures
 _DPI = contextvars.ContextVar("dpi", default=DPI)  # the resolution plot_run was asked for
+# How much of a test grid plot_run reads (see _decimated): points along each axis that heat maps
+# draw, along the axis of a 1-D problem, and in all per dataset.
+PLOT_AXIS_POINTS = 512
+PLOT_LINE_POINTS = 2**16
+PLOT_POINTS = 2**22
 N_SLICES = 3  # slices along the last axis drawn in solution.png and error.png of 3-D and higher problems
 N_WINDOW_POINTS = 600  # points at which 1-D windows are drawn
 N_TIME_LINES = 5  # times drawn in slices.png with 1 space axis
@@ -79,9 +86,11 @@ def plot_run(path, out_dir=None, fmt: str = "png", dpi: int = DPI) -> list[Path]
 
     Parameters
     ----------
-    path : a ``run.h5`` written by :func:`fbpinn.io.write_results`.
+    path : a ``run.h5`` written by :func:`fbpinn.io.write_results`, or a checkpoint (its
+        solution is evaluated on the test grid; the error is drawn where the problem has an
+        exact solution).
     out_dir : folder for the figures (created if missing, removed again if drawing fails);
-        the results file's folder by default.
+        the results file's folder by default, ``checkpoints/step_<step>/`` for a checkpoint.
     fmt : format of the still figures: one of ``FORMATS`` (the animation stays a GIF).
     dpi : resolution of the still figures, in ``DPI_RANGE``.
 
@@ -104,8 +113,8 @@ def plot_run(path, out_dir=None, fmt: str = "png", dpi: int = DPI) -> list[Path]
         raise PlotError(f"format {fmt!r}: fbpinn plot writes {', '.join(FORMATS)}")
     if not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
         raise PlotError(f"dpi {dpi}: must lie in {DPI_RANGE[0]}..{DPI_RANGE[1]}")
-    data = read_results(path)
-    folder = Path(out_dir) if out_dir is not None else path.parent
+    data, default = _read_run(path)
+    folder = Path(out_dir) if out_dir is not None else default
     fields = field_names(data["attrs"])
     views = [("", data)] if len(fields) == 1 else [(f"_{f}", _field_view(data, i)) for i, f in enumerate(fields)]
     figures = []
@@ -128,6 +137,55 @@ def plot_run(path, out_dir=None, fmt: str = "png", dpi: int = DPI) -> list[Path]
     finally:
         _DPI.reset(token)
     return [folder / name for name, _, _ in figures]
+
+
+def _read_run(path: Path):
+    """A results file's or a checkpoint's data as read_results gives it, and the default folder of
+    its figures: the results file's folder, or ``checkpoints/step_<step>/`` for a checkpoint (its
+    solution evaluated on the test grid, :func:`fbpinn.solution.checkpoint_results`)."""
+    from . import checkpoint
+
+    if file_format(path) != checkpoint.FORMAT:
+        return _decimated(read_results(path, lazy=True), path), path.parent
+    from .solution import checkpoint_results
+
+    try:
+        return checkpoint_results(path), path.with_suffix("")
+    except checkpoint.CheckpointError as e:
+        raise ResultsError(str(e)) from None
+
+
+def _decimated(data, path: Path, limit: int | None = None) -> dict:
+    """``data`` of :func:`read_results` with ``lazy=True`` whose solution datasets are read with a
+    stride along each axis: at most ``PLOT_AXIS_POINTS`` points along each of the two axes that
+    heat maps draw (``PLOT_LINE_POINTS`` along the one axis of a 1-D problem), and at most
+    ``limit`` (default ``PLOT_POINTS``) in all, the further axes strided alike for that.  Figures
+    of a test grid of any size are thus drawn from a bounded amount of memory (matplotlib's
+    above all); smaller grids are read whole."""
+    limit = limit or PLOT_POINTS
+    sol = dict(data["solution"])
+    shape = [len(sol[f"axis_{a}"]) for a in _axis_names(data)]
+    drawn = min(len(shape), 2)
+    cap = PLOT_AXIS_POINTS if len(shape) > 1 else PLOT_LINE_POINTS
+    steps = [-(-n // cap) for n in shape[:drawn]] + [1] * (len(shape) - drawn)
+    rest = list(range(drawn, len(shape))) or list(range(len(shape)))
+    while math.prod(-(-n // s) for n, s in zip(shape, steps)) > limit:
+        grow = [d for d in rest if steps[d] < shape[d]] or [d for d in range(len(shape)) if steps[d] < shape[d]]
+        if not grow:
+            break
+        for d in grow:
+            steps[d] += 1
+    key = tuple(slice(None, None, s) for s in steps)
+    for name, value in sol.items():
+        if isinstance(value, Stored):
+            sol[name] = value[key]
+        elif name.startswith("axis_") and not name.endswith(".attrs"):
+            sol[name] = value[key[_axis_names(data).index(name[len("axis_"):])]]
+    if any(s > 1 for s in steps):
+        logger.info("%s: %s test points; the figures show one in %s along the axes (%s)", path,
+                    "x".join(map(str, shape)), ", ".join(map(str, steps)),
+                    "x".join(str(-(-n // s)) for n, s in zip(shape, steps)))
+    return {**data, "solution": sol}
 
 
 def _field_view(data, i: int) -> dict:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
 from .derivatives import MAX_ORDER, closure, split_name
-from .io import ResultsError
+from .io import ResultsError, file_format
 
 
 class Solution:
@@ -60,14 +59,11 @@ class Solution:
         from . import checkpoint
 
         path = Path(path)
-        if _format(path) == checkpoint.FORMAT:
-            state = checkpoint.read(path)
-            arrays = {k[len("parameters/"):]: v for k, v in state["arrays"].items() if k.startswith("parameters/")}
-            learned = {k[len("problem/"):]: v for k, v in arrays.items() if k.startswith("problem/")}
-            return cls._build(state["config"], arrays, learned, state["step"], path, device)
+        if file_format(path) == checkpoint.FORMAT:
+            return cls._from_state(checkpoint.read(path), path, device)
         from .io import read_results
 
-        data = read_results(path)
+        data = read_results(path, lazy=True)  # the solution's grid datasets stay on disk
         arrays = {f"{level}/{name}": value for level, group in data.get("parameters", {}).items()
                   if isinstance(group, dict) for name, value in group.items() if not name.endswith("attrs")}
         learned = {k: v for k, v in data.get("learned", {}).items() if not k.endswith("attrs")}
@@ -76,12 +72,19 @@ class Solution:
                           device)
 
     @classmethod
+    def _from_state(cls, state: dict, path: Path, device="cpu") -> "Solution":
+        """The solution of a checkpoint's state (:func:`fbpinn.checkpoint.read`)."""
+        arrays = {k[len("parameters/"):]: v for k, v in state["arrays"].items() if k.startswith("parameters/")}
+        learned = {k[len("problem/"):]: v for k, v in arrays.items() if k.startswith("problem/")}
+        return cls._build(state["config"], arrays, learned, state["step"], path, device)
+
+    @classmethod
     def _build(cls, config_text: str, arrays: dict, learned: dict, step: int, path: Path, device) -> "Solution":
         """Model of the stored config with the stored weights and constants, in the stage of ``step``."""
         from . import registry, schedulers
         from .config import load_config
         from .decomposition import config_levels
-        from .model import FBPINN
+        from .model import FBPINN, parameter_key, stacked_parameters
 
         try:
             data = tomllib.loads(config_text)
@@ -95,10 +98,9 @@ class Solution:
         model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, device=device)
         problem.to(model.device)
         with torch.no_grad():
-            for i, net in enumerate(model.nets):
-                for kind, params in (("W", net.weights), ("b", net.biases)):
-                    for l, dst in enumerate(params):
-                        _copy(dst, arrays.get(f"level{i}/{kind}{l}"), f"level{i}/{kind}{l}", path)
+            for level, name, dst in stacked_parameters(model.nets):
+                key = parameter_key(level, name)
+                _copy(dst, arrays.get(key), key, path)
             for name, dst in problem.parameters().items():
                 _copy(dst, learned.get(name), name, path)
         schedule = schedulers.build(cfg, model.levels, problem.axes)
@@ -164,16 +166,6 @@ class Solution:
                 f"axes {', '.join(self.axes)}, step {self.step})")
 
 
-def _format(path: Path):
-    """The ``format`` attribute of an HDF5 file, or None (read_results then says what is wrong)."""
-    try:
-        with h5py.File(path, "r") as f:
-            value = f.attrs.get("format")
-    except (OSError, ValueError):
-        return None
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _copy(dst: torch.Tensor, src, name: str, path: Path) -> None:
     """Copy a stored array into a parameter: the same shape, or a results file's stacked biases
     (J, n_out) into the model's (J, 1, 1, n_out)."""
@@ -185,3 +177,58 @@ def _copy(dst: torch.Tensor, src, name: str, path: Path) -> None:
         raise ResultsError(f"{path}: parameters {name} have shape {src.shape}, the model built from its config "
                            f"{shape}")
     dst.copy_(torch.from_numpy(src.reshape(shape)).to(dst.device, dst.dtype))
+
+
+def checkpoint_results(path, chunk: int = 65536) -> dict:
+    """A checkpoint as :func:`fbpinn.io.read_results` returns a results file, for ``fbpinn plot``:
+    its history, decomposition and learned constants, and the solution evaluated on the config's
+    test grid with the checkpoint's weights (in chunks of ``chunk`` points), with the exact
+    solution and the error where the problem knows an exact solution (a reference solution, such
+    as the wave problems' finite-difference one, is not computed: the run's results file has it).
+    The root attribute ``format`` stays ``fbpinn-checkpoint`` and ``step`` holds its step.
+
+    Raises :class:`fbpinn.checkpoint.CheckpointError` naming a damaged file."""
+    from . import checkpoint
+    from .history import NAMED
+    from .io import solution_names
+
+    path = Path(path)
+    state = checkpoint.read(path)
+    sol = Solution._from_state(state, path)
+    cfg, model = sol.config, sol.model
+    problem = model.problem
+    axes = problem.domain.grid_axes(cfg.test.points)
+    grid = tuple(len(a) for a in axes)
+    x = problem.domain.grid(grid)
+    u = sol(x, chunk=chunk).reshape(*grid, len(sol.fields))
+    exact = problem.exact(x.to(model.dtype))
+    exact = None if exact is None else exact.double().cpu().numpy().reshape(*grid, len(sol.fields))
+    solution = {"attrs": {"target": "exact"} if exact is not None else {}}
+    solution.update({f"axis_{a}": c.numpy() for a, c in zip(sol.axes, axes)})
+    for i, (_, name, target, error) in enumerate(solution_names(sol.fields, "exact" if exact is not None else None)):
+        solution[name] = u[..., i]
+        if target:
+            solution[target], solution[error] = exact[..., i], u[..., i] - exact[..., i]
+    lo, hi = sol.domain
+    decomposition = {"attrs": {"n_levels": len(model.levels), "window": cfg.decomposition.window,
+                               "overlap": cfg.decomposition.overlap, "domain_lo": np.asarray(lo),
+                               "domain_hi": np.asarray(hi)}}
+    for i, level in enumerate(model.levels):
+        decomposition[f"level{i}"] = {"attrs": {"shape": np.asarray(level.shape)},
+                                      "centres": level.centres().numpy(), "half_widths": level.half_widths().numpy()}
+    names = {"loss_terms": ",".join(state["term_names"]), "rel_l2_fields": ",".join(sol.fields)}
+    training = {"attrs": {}, "loss_per_step": np.asarray(state["loss_per_step"], dtype=np.float64)}
+    for key, rows in state["history"].items():
+        training[key] = np.asarray(rows)
+        if key in NAMED:
+            training[f"{key}.attrs"] = {"names": names[key]}
+    learned = {k[len("parameters/problem/"):]: np.asarray(v) for k, v in state["arrays"].items()
+               if k.startswith("parameters/problem/")}
+    attrs = {"format": checkpoint.FORMAT, "fbpinn_version": state.get("fbpinn_version", ""),
+             "problem": cfg.problem_name, "axes": ",".join(sol.axes), "fields": ",".join(sol.fields),
+             "n_ranks": state["n_ranks"], "config": state["config"], "wall_time": state["wall_time"],
+             "step": state["step"]}
+    out = {"attrs": attrs, "decomposition": decomposition, "training": training, "solution": solution}
+    if learned:
+        out["learned"] = {"attrs": {}, **learned}
+    return out

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import provenance, registry, schedulers
-from .config import Config
+from . import history, provenance, registry, schedulers
+from .config import Config, to_toml
 from .decomposition import config_levels
 from .derivatives import parse
 from .domains import sample
-from .model import FBPINN
+from .model import FBPINN, parameter_key, stacked_parameters
 from .optim import Adam
 from .parallel import Context, Distribution, configure_threads as parallel_threads, select_device
 from .problems import Derivs, Term
@@ -46,7 +46,15 @@ class TrainingError(RuntimeError):
 
 @dataclass
 class Run:
-    """Everything a finished run hands to the results writer."""
+    """A finished run as plain data: what :func:`train` returns and the results writer
+    (:func:`fbpinn.io.write_results`) stores.  Arrays are NumPy arrays; ``model`` and ``problem``
+    are the trained objects, for use in the same process only (the writer does not touch them).
+
+    On rank 0: the test-grid solution ``u_test`` (N,) for one field, (N, F) otherwise, first
+    axis of the grid slowest, and the target ``u_exact`` the same way (or None); with
+    ``output.per_rank`` every rank has its own ``block`` instead.  ``parameters``: the model's
+    full stacked arrays by key (:func:`fbpinn.model.parameter_key`), ``learned`` the problem's
+    learned constants, ``history`` and ``loss_per_step`` as :mod:`fbpinn.history` defines them."""
 
     cfg: Config
     model: FBPINN
@@ -54,11 +62,17 @@ class Run:
     term_names: list
     history: dict = field(default_factory=dict)  # name -> list, aligned at evaluation steps
     loss_per_step: list = field(default_factory=list)
-    u_test: torch.Tensor | None = None  # (N_test,) on rank 0, test grid flattened, first axis slowest; (N_test, F)
-    # for F > 1 fields
-    u_exact: torch.Tensor | None = None  # as u_test: the exact solution, or the reference where none is known
+    axes: tuple = ()  # the problem's axis names, e.g. ("x", "t")
+    fields: tuple = ("u",)  # the problem's field names
+    grid: list = field(default_factory=list)  # the test grid's coordinates along each axis (float64)
+    domain: tuple = ((), ())  # (lo, hi) of the problem's domain
+    levels: list = field(default_factory=list)  # per level: {"shape", "centres", "half_widths"}
+    observations: tuple | None = None  # (x (n, d), u) of a data term, or None
+    u_test: np.ndarray | None = None
+    u_exact: np.ndarray | None = None
     has_exact: bool = False  # whether u_exact (or the per-rank blocks' "exact") is set
     target: str = "exact"  # "exact" or "reference": what u_exact holds
+    reference_method: str = ""  # how the reference was computed (target "reference")
     learned: dict = field(default_factory=dict)
     wall_time: float = 0.0
     start_time: float = 0.0
@@ -164,6 +178,11 @@ class Trainer:
         self._snapshot_block = None  # (offset, shape, points) of this rank's block of output.snapshot_points
         self.provenance = None  # on rank 0 while training: the record of fbpinn.provenance (open segment)
         self._stage_points = None  # see stage_points()
+        # The run so far (state_dict, load_state_dict): history rows, the loss of every step, the loss
+        # terms' names, training seconds of earlier segments and when this one started, the next step.
+        self.history, self.loss_per_step = history.empty(self.n_fields), []
+        self.term_names = [t.name for t in self.terms]
+        self._elapsed, self._t0, self.first_step = 0.0, None, 1
 
     def resample(self) -> None:
         """(Re)draw collocation points and prepare every term's batch."""
@@ -369,7 +388,7 @@ class Trainer:
         u = np.zeros((*points, self.n_fields))
         for p in parts:
             u[tuple(slice(o, o + n) for o, n in zip(p["offset"], p["shape"]))] = p["u"]
-        self.snapshots.append(step, elapsed, u)
+        self.snapshots.append(step, elapsed, u, provenance.closed(self.provenance, step))
 
     def gather_solution(self, u_local: torch.Tensor):
         """The test-grid solution and exact solution (or None) assembled on rank 0; (None, None) elsewhere."""
@@ -384,9 +403,96 @@ class Trainer:
             u[box] = p["u"]
             if exact is not None:
                 exact[box] = p["exact"]
-        flat = lambda a: torch.from_numpy(a.reshape(-1) if self.n_fields == 1 else a.reshape(-1, self.n_fields))  # noqa: E731
+        flat = lambda a: a.reshape(-1) if self.n_fields == 1 else a.reshape(-1, self.n_fields)  # noqa: E731
         return flat(u), None if exact is None else flat(exact)
 
+    # ------------------------------------------------------------------ state
+    def named_tensors(self):
+        """``(key, tensor, level or None)`` of everything the optimiser trains: each level's stacked
+        parameters (key ``level<i>/<name>``) and the problem's learned constants (``problem/<name>``,
+        level None)."""
+        for level, name, t in stacked_parameters(self.model.nets):
+            yield parameter_key(level, name), t, level
+        for name, p in self.problem.parameters().items():
+            yield f"problem/{name}", p, None
+
+    def wall_time(self) -> float:
+        """Training seconds so far, the earlier segments of a resumed run included."""
+        return self._elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+
+    def state_dict(self, step: int) -> dict | None:
+        """The whole state of the run after ``step`` as NumPy arrays and plain values on rank 0
+        (None on the others; every rank calls it): full stacked parameters and Adam's moments of
+        every level, learned constants, step counts, random states, the history so far and the
+        provenance.  Independent of the number of ranks; :mod:`fbpinn.checkpoint` writes it."""
+        opt = self.optimizer
+        index = {id(p): i for i, p in enumerate(opt.params)}
+        arrays, steps = {}, {}
+        for level, net in enumerate(self.model.nets):
+            tensors = {}
+            for key, t, lv in self.named_tensors():
+                if lv == level:
+                    i = index[id(t)]
+                    tensors.update({f"parameters/{key}": t, f"exp_avg/{key}": opt.exp_avg[i],
+                                    f"exp_avg_sq/{key}": opt.exp_avg_sq[i]})
+                    steps[key] = float(opt.steps[i])
+            full = self.dist.gather_stacked(level, net, tensors)
+            arrays.update(full or {})
+        if self.ctx.rank != 0:
+            return None
+        for key, t, lv in self.named_tensors():
+            if lv is None:  # learned constants: replicated, identical on every rank
+                i = index[id(t)]
+                arrays.update({f"parameters/{key}": t.detach().cpu().numpy(),
+                               f"exp_avg/{key}": opt.exp_avg[i].cpu().numpy(),
+                               f"exp_avg_sq/{key}": opt.exp_avg_sq[i].cpu().numpy()})
+                steps[key] = float(opt.steps[i])
+        cfg = self.cfg
+        return {"step": step, "stage": self.stage.index, "arrays": arrays, "adam_steps": steps,
+                "sampler_state": self.sample_state.numpy(), "torch_state": torch.get_rng_state().numpy(),
+                "history": history.copy(self.history), "loss_per_step": list(self.loss_per_step),
+                "wall_time": self.wall_time(), "n_ranks": self.ctx.size, "config": to_toml(cfg),
+                "term_names": list(self.term_names), "problem_module": cfg.problem_module,
+                "problem_module_sha256": cfg.problem_module_sha256,
+                "provenance": provenance.closed(self.provenance, step)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from a state of :meth:`state_dict` (written by any number of ranks): the schedule's
+        stage, parameters, optimiser state, collocation points, random states and history."""
+        from .checkpoint import CheckpointError
+
+        index = self.schedule.stage_of(state["step"])
+        if index != self.stage.index:
+            self._enter(index)
+        opt = self.optimizer
+        position = {id(p): i for i, p in enumerate(opt.params)}
+        arrays = state["arrays"]
+        for key, t, level in self.named_tensors():
+            i = position[id(t)]
+            rows = None if level is None else self.model.nets[level].held.numpy()
+            for dst, kind in ((t, "parameters"), (opt.exp_avg[i], "exp_avg"), (opt.exp_avg_sq[i], "exp_avg_sq")):
+                src = arrays.get(f"{kind}/{key}")
+                if src is None:
+                    raise CheckpointError(f"checkpoint has no {kind}/{key}")
+                src = np.asarray(src) if level is None else np.asarray(src)[rows]
+                if tuple(src.shape) != tuple(dst.shape):
+                    raise CheckpointError(f"checkpoint {kind}/{key} has shape {src.shape}, the model "
+                                          f"{tuple(dst.shape)}")
+                dst.copy_(torch.from_numpy(src).to(dst.device, dst.dtype))
+            opt.steps[i].fill_(state["adam_steps"][key])
+        # The points drawn at the last resampling before the checkpoint, prepared with the restored
+        # parameters (a time-marching batch holds the frozen subdomains' part of the solution).
+        self.gen.set_state(torch.from_numpy(np.asarray(state["sampler_state"], dtype=np.uint8)))
+        self.resample()
+        torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_state"], dtype=np.uint8)))
+        self.history = history.copy(state["history"])
+        self.loss_per_step = list(state["loss_per_step"])
+        self.term_names = list(state["term_names"])
+        self._elapsed, self._t0 = float(state["wall_time"]), None
+        self.first_step = state["step"] + 1
+
+    # ------------------------------------------------------------------ training
     def run(self, checkpoints=None, resume: dict | None = None) -> Run:
         """Train to ``training.steps``; returns the :class:`Run`.
 
@@ -397,19 +503,20 @@ class Trainer:
         from . import checkpoint as ckpt
 
         cfg, tr = self.cfg, self.cfg.training
-        run = Run(cfg, self.model, self.problem, [t.name for t in self.terms], start_time=time.time(),
-                  n_ranks=self.ctx.size, target=self.target)
-        hist = {"step": [], "loss": [], "loss_terms": [], "rel_l2": [], "time": [], "lr": [], "stage": []}
-        if self.n_fields > 1:
-            hist["rel_l2_fields"] = []  # (E, F): the error of each field
-        first, elapsed = 1, 0.0  # elapsed: training time of the earlier segments of a resumed run
+        self.history, self.loss_per_step = history.empty(self.n_fields), []
+        self.term_names = [t.name for t in self.terms]
+        self._elapsed, self._t0, self.first_step = 0.0, None, 1
         if resume is not None:
-            ckpt.restore(self, resume)
-            first, elapsed = resume["step"] + 1, resume["wall_time"]
-            hist = {k: list(v) for k, v in resume["history"].items()}
-            hist["loss_terms"] = [list(row) for row in hist["loss_terms"]]
-            run.loss_per_step = list(resume["loss_per_step"])
-            run.term_names = list(resume["term_names"])
+            self.load_state_dict(resume)
+        first, hist = self.first_step, self.history
+        problem = self.problem
+        obs = problem.observations()
+        run = Run(cfg, self.model, problem, self.term_names, start_time=time.time(), n_ranks=self.ctx.size,
+                  target=self.target, axes=tuple(problem.axes), fields=tuple(problem.fields),
+                  grid=[a.double().numpy() for a in problem.domain.grid_axes(cfg.test.points)],
+                  domain=(list(problem.domain.lo), list(problem.domain.hi)),
+                  observations=None if obs is None else (obs[0].double().numpy(), obs[1].double().numpy()),
+                  reference_method=problem.reference_name)
         if checkpoints is not None and cfg.output.snapshot_every:
             from .io import Snapshots
 
@@ -423,15 +530,15 @@ class Trainer:
         if resume is not None:
             logger.info("resumed from %s at step %d of %d (written by %d rank(s))", checkpoints.last if checkpoints
                         else "a checkpoint", resume["step"], tr.steps, resume["n_ranks"])
-        t0 = time.perf_counter()
-        t_log, step_log = t0, first - 1
+        self._t0 = time.perf_counter()
+        t_log, step_log = self._t0, first - 1
         u_local = None
         with stop_signals() if checkpoints is not None else contextlib.nullcontext():
             for step in range(first, tr.steps + 1):
                 if self.schedule.stage_of(step) != self.stage.index:  # measure each stage's speed on its own
                     t_log, step_log = time.perf_counter(), step - 1
                 value, parts, lr = self.step(step)
-                run.loss_per_step.append(value)
+                self.loss_per_step.append(value)
                 if not math.isfinite(value):
                     kept = f"; the last checkpoint is {checkpoints.last}" if checkpoints and checkpoints.last else ""
                     raise TrainingError(f"loss became {value} at step {step} (terms: "
@@ -440,18 +547,10 @@ class Trainer:
                 last = step == tr.steps
                 if step % tr.eval_every == 0 or last or step == 1:
                     u_local, errors = self.evaluate()
-                    hist["step"].append(step)
-                    hist["loss"].append(value)
-                    hist["loss_terms"].append(parts.tolist())
-                    hist["rel_l2"].append(float(errors[0]))
-                    if self.n_fields > 1:
-                        hist["rel_l2_fields"].append(errors[1:].tolist())
-                    hist["time"].append(elapsed + time.perf_counter() - t0)
-                    hist["lr"].append(lr)
-                    hist["stage"].append(self.stage.index)
+                    history.record(hist, step, value, parts.tolist(), errors, self.wall_time(), lr, self.stage.index)
                 if checkpoints is not None and cfg.output.snapshot_every and step % cfg.output.snapshot_every == 0:
                     evaluated = hist["step"] and hist["step"][-1] == step
-                    self.snapshot(step, u_local if evaluated else None, elapsed + time.perf_counter() - t0)
+                    self.snapshot(step, u_local if evaluated else None, self.wall_time())
                 if step % tr.log_every == 0 or last:
                     now = time.perf_counter()
                     rate = (step - step_log) / max(now - t_log, 1e-9)
@@ -469,18 +568,18 @@ class Trainer:
                         kept = f"; the last good checkpoint is {checkpoints.last}" if checkpoints.last else ""
                         raise TrainingError(f"parameters or Adam's moments are no longer finite after step {step}; "
                                             f"no checkpoint written{kept}")
-                    checkpoints.save(self, step, hist, run.loss_per_step, elapsed + time.perf_counter() - t0)
+                    checkpoints.save(self, step)
                     if self.stop_agreed and not last:
                         # No rank exits before rank 0 has written the checkpoint: srun --kill-on-bad-exit
                         # ends the whole step when the first task exits with status 75.
                         self.ctx.barrier()
                         raise Stopped(step, tr.steps, received(), checkpoints.last)
-        run.wall_time = elapsed + time.perf_counter() - t0
+        run.wall_time = self.wall_time()
         if self.ctx.parallel and first <= tr.steps:
             logger.info("communication: %.1f%% of the training time, %.0f bytes sent per step by rank 0",
-                        100 * self.comm_seconds / max(run.wall_time - elapsed, 1e-9),
+                        100 * self.comm_seconds / max(run.wall_time - self._elapsed, 1e-9),
                         self.bytes_sent / (tr.steps - first + 1))
-        run.history = hist
+        run.history, run.loss_per_step, run.term_names = self.history, self.loss_per_step, self.term_names
         if u_local is None:  # resumed at the last step: nothing was trained, evaluate once
             u_local, _ = self.evaluate()
         if self.ctx.parallel and cfg.output.per_rank:
@@ -489,6 +588,8 @@ class Trainer:
         else:
             run.u_test, run.u_exact = self.gather_solution(u_local)
             run.has_exact = run.u_exact is not None
+        run.levels = [{"shape": list(lv.shape), "centres": lv.centres().numpy(), "half_widths": lv.half_widths().numpy()}
+                      for lv in self.model.levels]  # as the last stage of the schedule leaves them
         run.parameters = self.dist.gather_parameters(self.model.nets) or {}
         run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
         run.provenance = provenance.closed(self.provenance, tr.steps)

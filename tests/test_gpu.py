@@ -61,7 +61,7 @@ def test_cuda_run_equals_cpu_run_in_float64(case):
     for name, arr in cpu.model.parameter_arrays().items():
         other = gpu.model.parameter_arrays()[name]
         assert np.abs(other - arr).max() <= 1e-9 * max(np.abs(arr).max(), 1.0), name
-    assert np.abs(gpu.u_test.numpy() - cpu.u_test.numpy()).max() <= 1e-8
+    assert np.abs(gpu.u_test - cpu.u_test).max() <= 1e-8
 
 
 @needs_cuda

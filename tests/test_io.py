@@ -32,7 +32,7 @@ def test_round_trip(run, tmp_path):
     assert tr["loss_terms"].shape == (4, 2) and tr["loss_terms.attrs"]["names"] == "physics,data"
     assert np.allclose(tr["loss_terms"].sum(1), tr["loss"], rtol=1e-12)
     sol = data["solution"]
-    assert np.array_equal(sol["u"], run.u_test.numpy())
+    assert np.array_equal(sol["u"], run.u_test)
     assert np.allclose(sol["axis_t"], np.linspace(0, 1, 1000), rtol=0, atol=1e-15)
     assert np.allclose(sol["error"], sol["u"] - sol["exact"])
     rel = np.linalg.norm(sol["error"]) / np.linalg.norm(sol["exact"])

@@ -109,7 +109,7 @@ def write(path, state: dict) -> Path:
         f["rng/sampler"] = state["sampler_state"]
         f["rng/torch"] = state["torch_state"]
         history.write(f.create_group("history"), state["history"], state["loss_per_step"], state["term_names"],
-                      problem_fields(load_config(data=tomllib.loads(state["config"]))))
+                      state.get("fields") or problem_fields(load_config(data=tomllib.loads(state["config"]))))
         if state.get("provenance"):
             provenance.write(f.create_group(provenance.GROUP), state["provenance"])
         f.attrs["complete"] = True  # a file without it was not written by this function

@@ -452,7 +452,8 @@ class Trainer:
                 "sampler_state": self.sample_state.numpy(), "torch_state": torch.get_rng_state().numpy(),
                 "history": history.copy(self.history), "loss_per_step": list(self.loss_per_step),
                 "wall_time": self.wall_time(), "n_ranks": self.ctx.size, "config": to_toml(cfg),
-                "term_names": list(self.term_names), "problem_module": cfg.problem_module,
+                "term_names": list(self.term_names), "fields": tuple(self.problem.fields),
+                "problem_module": cfg.problem_module,
                 "problem_module_sha256": cfg.problem_module_sha256,
                 "provenance": provenance.closed(self.provenance, step)}
 

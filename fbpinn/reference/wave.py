@@ -1,14 +1,16 @@
 """Finite-difference reference solutions of the acoustic wave equation.
 
-Solves ``u_tt = c(x)^2 Δu`` in d = 1 or 2 space dimensions (the code is written for
-any d) for ``t ∈ [0, T]`` with ``u(x, 0) = u0(x)`` and ``u_t(x, 0) = 0``, and returns
+Solves ``u_tt = c(x)^2 Δu + f(x, t)`` in d = 1 or 2 space dimensions (the code is
+written for any d) for ``t ∈ [0, T]`` with ``u(x, 0) = u0(x)`` (or 0) and
+``u_t(x, 0) = 0``, the forcing f optional (e.g. a point source of
+:mod:`fbpinn.sources`), and returns
 the solution at the nodes of a test grid, for comparing a PINN where no exact
 solution is known (e.g. a smooth variable speed ``c(x, y)``).
 
 Scheme
-    Leapfrog in time, ``u^{n+1} = 2u^n - u^{n-1} + dt^2 c^2 Δ_h u^n``, with the
-    first step ``u^1 = u^0 + (dt^2/2) c^2 Δ_h u^0`` (the Taylor step for zero initial
-    velocity, which keeps second order).  ``Δ_h`` is the sum over the axes of the
+    Leapfrog in time, ``u^{n+1} = 2u^n - u^{n-1} + dt^2 (c^2 Δ_h u^n + f^n)``, with the
+    first step ``u^1 = u^0 + (dt^2/2) (c^2 Δ_h u^0 + f^0)`` (the Taylor step for zero
+    initial velocity, which keeps second order); ``f^n = f(·, n dt)``.  ``Δ_h`` is the sum over the axes of the
     fourth-order stencil ``(-u_{i-2} + 16u_{i-1} - 30u_i + 16u_{i+1} - u_{i+2}) / (12h^2)``.
     The scheme is second order in time and fourth order in space, float64 throughout.
 
@@ -28,12 +30,24 @@ Padding
     as an exact absorbing one.  (A reflection of data inside the region needs only
     ``c_max T / 2`` of padding to miss it; the full ``c_max T`` also covers initial
     data reaching into the padding, where u0 is evaluated too.  The 4 extra cells
-    give the 5-point stencil's reach and some slack.)
+    give the 5-point stencil's reach and some slack.)  A forcing is the same: it is
+    evaluated on the padded grid, and what it emits in the padding reaches the region
+    directly in time or not at all, while its reflection from the outer boundary has
+    at least the padding's width, more than ``c_max T``, to travel.  So a source
+    inside the test region, or anywhere else, needs no extra padding; forcing
+    beyond the padded grid could not reach the region before T anyway.
 
 Grid
     Per axis the FD spacing is ``h_i = Δ_i / r_i`` (``Δ_i`` the test spacing) for the
     smallest integer ``r_i ≥ 1`` with ``h_i ≤ max_h``, so test points are FD nodes;
     ``dt`` divides the test time interval exactly and obeys the Courant number asked.
+
+Verification
+    ``tests/test_reference_sources.py`` drives a Ricker point source of
+    :mod:`fbpinn.sources` through a smooth variable medium (observed orders 1.9-2.1 in
+    1-D and 2-D, Courant number fixed, so time's second order dominates) and compares
+    with exact solutions for constant c: the 1-D Duhamel-d'Alembert integral
+    (:func:`fbpinn.sources.exact_1d`) and the 2-D Hankel-transform integral.
 """
 
 from __future__ import annotations
@@ -165,8 +179,31 @@ def plan(axes, times, velocity, *, max_h: float, courant: float = 0.5, c_max: fl
     return _plan(axes, times, velocity, max_h, courant, c_max)[0]
 
 
-def _run(grid: WaveGrid, c, u0, shape_test, n_times) -> np.ndarray:
-    """March the leapfrog scheme, returning the test-node snapshots."""
+def _forcing(forcing, mesh):
+    """The forcing as ``t -> array on the FD nodes`` (or None), from the forms :func:`solve` takes."""
+    if forcing is None:
+        return None
+    if isinstance(forcing, tuple) or (hasattr(forcing, "profile") and hasattr(forcing, "wavelet")):
+        profile, wavelet = forcing if isinstance(forcing, tuple) else (forcing.profile, forcing.wavelet)
+        space = _field(profile, mesh, "the forcing's profile").copy()
+
+        def at(t):
+            r = float(wavelet(t))
+            if not math.isfinite(r):
+                raise ValueError(f"the forcing's wavelet is {r} at t={t}")
+            return space * r
+        return at
+    if callable(forcing):
+        return lambda t: _field(lambda *m: forcing(*m, t), mesh, f"forcing at t={t}")
+    raise ValueError(f"forcing must be None, a callable forcing(*mesh, t) or a pair (profile, wavelet), "
+                     f"got {type(forcing).__name__}")
+
+
+def _run(grid: WaveGrid, c, u0, shape_test, n_times, forcing=None) -> np.ndarray:
+    """March the leapfrog scheme, returning the test-node snapshots.
+
+    ``u0`` is the initial field on the FD nodes (None for 0); ``forcing`` is None or a
+    callable ``t -> f`` on the FD nodes (:func:`_forcing` makes one)."""
     dim = len(grid.h)
     inner = (slice(_GHOST, -_GHOST),) * dim
     full = tuple(n + 2 * _GHOST for n in c.shape)
@@ -198,16 +235,23 @@ def _run(grid: WaveGrid, c, u0, shape_test, n_times) -> np.ndarray:
     k = (c * grid.dt) ** 2
     out = np.empty(tuple(shape_test) + (n_times,))
     prev = np.zeros(full)
-    prev[inner] = u0
+    if u0 is not None:
+        prev[inner] = u0
     out[..., 0] = prev[region]
     if grid.steps == 0:
         return out
     cur = prev.copy()
-    cur[inner] += 0.5 * k * laplacian(prev)  # Taylor first step, u_t(0) = 0
+    dt2 = grid.dt**2
+    if forcing is None:
+        cur[inner] += 0.5 * k * laplacian(prev)  # Taylor first step, u_t(0) = 0
+    else:
+        cur[inner] += 0.5 * (k * laplacian(prev) + dt2 * forcing(0.0))
     for n in range(1, grid.steps + 1):
         if n > 1:
             new = laplacian(cur)
             new *= k
+            if forcing is not None:
+                new += dt2 * forcing((n - 1) * grid.dt)
             new += 2.0 * cur[inner]
             new -= prev[inner]
             prev[inner] = new
@@ -218,7 +262,7 @@ def _run(grid: WaveGrid, c, u0, shape_test, n_times) -> np.ndarray:
 
 
 def solve(axes, times, velocity, initial, *, max_h: float, courant: float = 0.5,
-          c_max: float | None = None) -> np.ndarray:
+          c_max: float | None = None, forcing=None) -> np.ndarray:
     """The wave equation's solution at the nodes of a test grid.
 
     Parameters
@@ -229,13 +273,22 @@ def solve(axes, times, velocity, initial, *, max_h: float, courant: float = 0.5,
         Evenly spaced test times starting at 0; the last one is T.
     velocity, initial : callable
         ``velocity(*mesh)`` gives c and ``initial(*mesh)`` gives u0 on ``np.meshgrid``
-        arrays (``indexing="ij"``); a scalar result is broadcast.
+        arrays (``indexing="ij"``); a scalar result is broadcast.  ``initial=None``
+        starts from rest, u0 = 0.
     max_h : float
         Largest FD spacing allowed; the spacing is the test spacing over an integer.
     courant : float
         Courant number ``c_max dt / h`` to stay within, at most ``stability_limit(d)``.
     c_max : float, optional
         Upper bound of c (checked on the padded grid); found from c when omitted.
+    forcing : optional
+        The source term f, evaluated on the padded FD grid at the step times.  Either
+        separable, ``(profile, wavelet)`` with ``profile(*mesh)`` evaluated once and
+        ``wavelet(t)`` a float (an object with ``profile`` and ``wavelet`` methods,
+        such as :class:`fbpinn.sources.PointSource`, counts as this form), or a
+        callable ``forcing(*mesh, t)`` evaluated at every step (slower).  None (the
+        default) solves the unforced equation, with the same numbers as before
+        forcing existed.
 
     Returns
     -------
@@ -246,11 +299,18 @@ def solve(axes, times, velocity, initial, *, max_h: float, courant: float = 0.5,
     ------
     ValueError
         Unevenly spaced axes, times not starting at 0, a Courant number above the
-        stability limit, or a speed that is negative, non-finite or above ``c_max``.
+        stability limit, a speed that is negative, non-finite or above ``c_max``, or
+        a forcing of another form or with non-finite values.
     """
     grid, c, coords, axes, times = _plan(axes, times, velocity, max_h, courant, c_max)
-    u0 = _field(initial, np.meshgrid(*coords, indexing="ij"), "initial")
-    return _run(grid, c, u0, [a.size for a in axes], times.size)
+    u0, f = _fields(initial, forcing, coords)
+    return _run(grid, c, u0, [a.size for a in axes], times.size, forcing=f)
+
+
+def _fields(initial, forcing, coords):
+    """``(u0, forcing)`` on the FD nodes, for :func:`_run`: u0 None when ``initial`` is None."""
+    mesh = np.meshgrid(*coords, indexing="ij")
+    return None if initial is None else _field(initial, mesh, "initial"), _forcing(forcing, mesh)
 
 
 def default_cache_dir() -> Path:
@@ -260,34 +320,41 @@ def default_cache_dir() -> Path:
 
 
 def cache_path(key: dict, cache_dir, axes, times, *, max_h: float, courant: float = 0.5,
-               c_max: float | None = None) -> tuple[Path, str]:
+               c_max: float | None = None, forced: bool = False) -> tuple[Path, str]:
     """The cache file ``wave-<hash>.h5`` of a setup and the JSON description hashed.
 
     The description holds ``key``, the test grid, the solver parameters and
-    :data:`SOLVER_VERSION`."""
+    :data:`SOLVER_VERSION`, and ``"forced": true`` when ``forced`` (a run with a
+    forcing; the forcing itself must be described in ``key``).  Unforced setups hash
+    as they did before forcing existed."""
     axes = [_even(a, f"axes[{i}]") for i, a in enumerate(axes)]
     times = _even(times, "times", first_zero=True)
-    desc = json.dumps({"solver": "fbpinn.reference.wave", "version": SOLVER_VERSION, "key": key,
-                       "axes": [[float(a[0]), float(a[-1]), a.size] for a in axes],
-                       "times": [float(times[-1]), times.size], "max_h": float(max_h),
-                       "courant": float(courant), "c_max": None if c_max is None else float(c_max)},
-                      sort_keys=True, separators=(",", ":"))
+    desc = {"solver": "fbpinn.reference.wave", "version": SOLVER_VERSION, "key": key,
+            "axes": [[float(a[0]), float(a[-1]), a.size] for a in axes],
+            "times": [float(times[-1]), times.size], "max_h": float(max_h),
+            "courant": float(courant), "c_max": None if c_max is None else float(c_max)}
+    if forced:
+        desc["forced"] = True
+    desc = json.dumps(desc, sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(desc.encode()).hexdigest()[:20]
     return Path(default_cache_dir() if cache_dir is None else cache_dir) / f"wave-{digest}.h5", desc
 
 
 def cached_solve(key: dict, cache_dir, axes, times, velocity, initial, *, max_h: float,
-                 courant: float = 0.5, c_max: float | None = None) -> np.ndarray:
+                 courant: float = 0.5, c_max: float | None = None, forcing=None) -> np.ndarray:
     """:func:`solve`, with the result kept in an HDF5 file.
 
     Parameters
     ----------
     key : dict
-        JSON-serialisable description of ``velocity`` and ``initial`` (the callables
-        cannot be hashed); the grid and solver parameters are added to it.
+        JSON-serialisable description of ``velocity``, ``initial`` and ``forcing``
+        (the callables cannot be hashed); the grid and solver parameters are added to
+        it.  A caller passing a forcing must describe the source in ``key`` (e.g.
+        ``key["source"] = source.describe()`` for a
+        :class:`fbpinn.sources.PointSource`): two sources under one key share a file.
     cache_dir : path or None
         Folder of the cache files; None for :func:`default_cache_dir`.
-    axes, times, velocity, initial, max_h, courant, c_max
+    axes, times, velocity, initial, max_h, courant, c_max, forcing
         As for :func:`solve`.
 
     Returns
@@ -297,7 +364,8 @@ def cached_solve(key: dict, cache_dir, axes, times, velocity, initial, *, max_h:
         array shape match; an unreadable or mismatched file is recomputed and
         replaced, written under a temporary name and renamed into place.
     """
-    path, desc = cache_path(key, cache_dir, axes, times, max_h=max_h, courant=courant, c_max=c_max)
+    path, desc = cache_path(key, cache_dir, axes, times, max_h=max_h, courant=courant, c_max=c_max,
+                            forced=forcing is not None)
     shape = tuple(len(a) for a in axes) + (len(times),)
     try:
         with h5py.File(path, "r") as f:
@@ -312,8 +380,8 @@ def cached_solve(key: dict, cache_dir, axes, times, velocity, initial, *, max_h:
 
     grid, c, coords, axes, times = _plan(axes, times, velocity, max_h, courant, c_max)
     logger.info("wave reference: h=%s dt=%.3g steps=%d extent=%s", grid.h, grid.dt, grid.steps, grid.extent)
-    u = _run(grid, c, _field(initial, np.meshgrid(*coords, indexing="ij"), "initial"),
-             [a.size for a in axes], times.size)
+    u0, f = _fields(initial, forcing, coords)
+    u = _run(grid, c, u0, [a.size for a in axes], times.size, forcing=f)
 
     def fill(f):
         f.create_dataset("u", data=u)

@@ -109,7 +109,7 @@ def write(path, state: dict) -> Path:
         f["rng/sampler"] = state["sampler_state"]
         f["rng/torch"] = state["torch_state"]
         history.write(f.create_group("history"), state["history"], state["loss_per_step"], state["term_names"],
-                      state.get("fields") or problem_fields(load_config(data=tomllib.loads(state["config"]))))
+                      state.get("fields") or problem_fields(load_config(data=tomllib.loads(state["config"]), stored=True)))
         if state.get("provenance"):
             provenance.write(f.create_group(provenance.GROUP), state["provenance"])
         f.attrs["complete"] = True  # a file without it was not written by this function
@@ -269,7 +269,7 @@ def _verify(f: h5py.File) -> dict:
     digest = _attribute(f, STATE_CHECKSUM, str)
     text = _attribute(f, "config", str)
     try:
-        cfg = load_config(data=tomllib.loads(text))
+        cfg = load_config(data=tomllib.loads(text), stored=True)
     except tomllib.TOMLDecodeError as e:
         raise _Damage(f"its stored config is not valid TOML ({e})") from None
     except ValueError as e:  # ConfigError
@@ -383,7 +383,7 @@ def check_compatible(state: dict, cfg, path, allow_module_change: bool = False) 
     (other than those in ``MAY_CHANGE``), or when the source of the config's ``problem.module``
     differs from the one the checkpoint was trained with.  With ``allow_module_change`` a changed
     source is only a warning (the module's path must still be the same)."""
-    saved = to_dict(load_config(data=tomllib.loads(state["config"])))
+    saved = to_dict(load_config(data=tomllib.loads(state["config"]), stored=True))
     now = to_dict(cfg)
     for section in sorted(set(saved) | set(now)):
         for key in sorted(set(saved.get(section, {})) | set(now.get(section, {}))):

@@ -286,7 +286,7 @@ def _info_checkpoint(args) -> int:
         state = checkpoint.read(args.file)
     except checkpoint.CheckpointError as e:
         raise ResultsError(str(e)) from None
-    cfg = load_config(data=tomllib.loads(state["config"]))
+    cfg = load_config(data=tomllib.loads(state["config"]), stored=True)
     hist = state["history"]
     print(f"{args.file}: checkpoint of problem {cfg.problem_name} at step {state['step']} of "
           f"{cfg.training.steps} (schedule stage {state['stage']}), fbpinn {state['fbpinn_version'] or '?'}, "

@@ -13,6 +13,7 @@ stored in every results file.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import os
@@ -210,7 +211,17 @@ def read_toml(path) -> dict:
         raise ConfigError("file", f"{path} is not valid TOML: {e}") from None
 
 
-def load_config(path=None, overrides=(), data: dict | None = None) -> Config:
+_STORED = contextvars.ContextVar("stored_config", default=False)
+
+
+def reading_stored() -> bool:
+    """Whether the config being validated is one a results file or checkpoint stores
+    (:func:`load_config` with ``stored=True``): data files it names (a gridded velocity model)
+    were checked and recorded when the run started, and are not read again to validate it."""
+    return _STORED.get()
+
+
+def load_config(path=None, overrides=(), data: dict | None = None, stored: bool = False) -> Config:
     """Read, override and validate a config.
 
     Parameters
@@ -218,6 +229,7 @@ def load_config(path=None, overrides=(), data: dict | None = None) -> Config:
     path : TOML file (or None with ``data``).
     overrides : ``"section.key=value"`` strings, applied in order.
     data : an already parsed dict, used instead of ``path``.
+    stored : the config is the one a results file or checkpoint holds (see :func:`reading_stored`).
     """
     if data is None:
         data = read_toml(path)
@@ -229,7 +241,11 @@ def load_config(path=None, overrides=(), data: dict | None = None) -> Config:
         if not isinstance(data[section], dict):
             raise ConfigError(section, "is not a table")
         data[section][key] = value
-    cfg = from_dict(data, Path(path).absolute().parent if path is not None else None)
+    token = _STORED.set(bool(stored))
+    try:
+        cfg = from_dict(data, Path(path).absolute().parent if path is not None else None)
+    finally:
+        _STORED.reset(token)
     cfg.source = str(path) if path is not None else ""
     return cfg
 
@@ -259,7 +275,7 @@ def from_dict(data: dict, base=None) -> Config:
         raise ConfigError("problem.name", str(e)) from None
     if problem_table.get("domain") is not None:
         _check_domain(problem_table["domain"], problem_cls, name)
-    params = _build(problem_cls.Params, problem_table, "problem")
+    params = _build(problem_cls.Params, problem_table, "problem", base if base is not None else Path.cwd())
     sections = {s: _build(cls, data.get(s, {}), s) for s, cls in SECTIONS.items()}
     cfg = Config(problem=params, problem_name=name, **sections)
     if module is not None:
@@ -295,7 +311,9 @@ def _check_domain(value, problem_cls, name: str) -> None:
                           f"{_toml_value(example)}, got {_show(value)}")
 
 
-def _build(cls, table: dict, section: str):
+def _build(cls, table: dict, section: str, base=None):
+    """The dataclass ``cls`` of a table, its values coerced and validated; a ``problem`` table's
+    file names are first made absolute against ``base`` (``Params.resolve_paths``)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}
@@ -304,6 +322,8 @@ def _build(cls, table: dict, section: str):
             raise ConfigError(f"{section}.{key}", f"unknown key; allowed: {', '.join(names)}")
         values[key] = _coerce(value, hints[key], f"{section}.{key}")
     obj = cls(**values)
+    if base is not None and hasattr(obj, "resolve_paths"):
+        obj.resolve_paths(base)
     check = getattr(obj, "validate", None)
     if check is not None:
         bad = check()

@@ -90,7 +90,7 @@ class Solution:
             data = tomllib.loads(config_text)
         except (tomllib.TOMLDecodeError, TypeError) as e:
             raise ResultsError(f"{path}: the stored config is not TOML ({e})") from None
-        cfg = load_config(data=data)
+        cfg = load_config(data=data, stored=True)
         dtype = getattr(torch, cfg.training.dtype)
         problem = registry.get("problem", cfg.problem_name)(cfg.problem, dtype)
         levels = config_levels(cfg, problem)

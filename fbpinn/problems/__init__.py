@@ -73,6 +73,11 @@ class Params:
         """Whether the problem supplies observations to fit without the physics term."""
         return False
 
+    def resolve_paths(self, base) -> None:
+        """Make the file names among the keys absolute, relative to ``base`` (the config file's
+        folder, or the working folder), before :meth:`validate`; the resolved config then names
+        the files wherever it is read.  Problems with file-valued keys override it."""
+
     def check_domain(self):
         """``("domain", message)`` unless ``domain`` is one finite ``[lo, hi]`` pair per axis with
         ``lo < hi``, bounds within [-SCALE, SCALE] and widths of at least 1/SCALE; else None.

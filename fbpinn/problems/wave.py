@@ -57,10 +57,12 @@ There is no closed-form solution: the reference is the finite-difference solutio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import media
 from ..registry import register
 from . import SCALE, WEIGHT_MAX, Params, Problem, Term
 
@@ -137,7 +139,9 @@ ANSATZES = ("pulse", "taylor")
 @dataclass
 class Wave2dParams(Params):
     c0: float = 1.0  # background speed
-    velocity: str = "constant"  # constant | mixture
+    velocity: str = "constant"  # constant | mixture | a gridded model: "model.npy" or "model.h5:/dataset"
+    velocity_grid: list[list[float]] | None = None  # a .npy model's [[x_0, x_last], [y_0, y_last]]
+    velocity_sha256: str = ""  # a gridded model's file hash: checked if given, recorded if not
     mixture: list[list[float]] = field(default_factory=_default_mixture)  # [x, y, amplitude, width] per bump
     x0: float = 0.0  # centre of the initial pulse
     y0: float = 0.0
@@ -152,6 +156,8 @@ class Wave2dParams(Params):
     boundary_points: list[int] = field(default_factory=lambda: [32, 16])  # per side: along it, along t
 
     def validate(self):
+        from ..config import reading_stored
+
         bad = super().validate() or self.first_not_positive("c0", "width", "t_max", "sigma", "fade", "reference_h")
         if bad:
             return bad
@@ -165,8 +171,13 @@ class Wave2dParams(Params):
             return "boundary_points", f"must be two counts >= 2 (along each side, along t), got {self.boundary_points}"
         if max(self.boundary_points) > BOUNDARY_POINTS_MAX:
             return "boundary_points", f"must be two counts in 2..{BOUNDARY_POINTS_MAX}, got {self.boundary_points}"
-        if self.velocity not in VELOCITIES:
-            return "velocity", f"must be one of {', '.join(VELOCITIES)}, got {self.velocity!r}"
+        if self.is_gridded():
+            bad = None if reading_stored() else self._check_model()  # a stored config's model was checked
+            if bad:
+                return bad
+        elif self.velocity_grid is not None:
+            return "velocity_grid", f"is the grid of a gridded model (a .npy file); velocity = {self.velocity!r} " \
+                                    "has none, leave it out"
         for k, bump in enumerate(self.mixture):
             if not (isinstance(bump, list) and len(bump) == 4 and all(isinstance(v, (int, float)) for v in bump)):
                 return "mixture", f"entry {k} must be [x, y, amplitude, width], got {bump!r}"
@@ -191,12 +202,65 @@ class Wave2dParams(Params):
         # The finite-difference reference covers [-1 - c_max t_max, 1 + c_max t_max]^2 with a
         # spacing of at most reference_h (and of at most the test grid's, at most 2).
         c_max = self.c0 * (1 + sum(max(b[2], 0) for b in self.mixture) if self.velocity == "mixture" else 1)
+        if self.velocity not in VELOCITIES:
+            if reading_stored():  # checked when the run started
+                return None
+            c_max = gridded(self).extremes()[1]
         nodes = ((2 + 2 * c_max * self.t_max) / min(self.reference_h, 2.0)) ** 2
         if nodes > REFERENCE_NODES_MAX:
             return "reference_h", (f"the finite-difference reference would need at least {nodes:.3g} grid nodes "
                                    f"(over {8 * nodes / 1e9:.3g} GB per array; the limit is {REFERENCE_NODES_MAX:.0e}): "
                                    "raise reference_h, or lower t_max or the speed")
         return None
+
+
+    def is_gridded(self) -> bool:
+        """Whether the speed is a gridded model read from a file."""
+        return self.velocity not in VELOCITIES
+
+    def resolve_paths(self, base) -> None:
+        if self.is_gridded() and self.velocity.strip():
+            path, dataset = media.split_source(self.velocity)
+            path = path.expanduser()
+            path = path if path.is_absolute() else Path(base) / path
+            self.velocity = str(path.resolve()) + (f":{dataset}" if dataset else "")
+
+    def _check_model(self):
+        """``("velocity", message)`` unless the gridded model loads, is valid and covers the domain;
+        records (or checks) its file's SHA-256."""
+        if not self.velocity.strip():
+            return "velocity", f"must be one of {', '.join(VELOCITIES)} or name a gridded model (model.npy, " \
+                               "model.h5:/dataset), got ''"
+        try:
+            model = gridded(self)
+        except media.MediumError as e:
+            return "velocity", str(e)
+        if self.velocity_sha256 and self.velocity_sha256 != model.sha256:
+            return "velocity_sha256", (f"{media.split_source(self.velocity)[0]} has SHA-256 {model.sha256}, not "
+                                       f"{self.velocity_sha256}: the model file changed (remove the key to accept it)")
+        self.velocity_sha256 = model.sha256
+        if not model.values.max() <= SCALE * self.c0 or not model.values.min() >= self.c0 / SCALE:
+            return "velocity", (f"the model's speeds {model.values.min():g} .. {model.values.max():g} must lie within "
+                                f"[c0 / {SCALE:g}, {SCALE:g} c0] (c0 = {self.c0:g} only sets this range here)")
+        return None
+
+
+_MODELS = {}  # (source, grid, file size, mtime) -> GriddedSpeed: each model is read once
+
+
+def gridded(params) -> media.GriddedSpeed:
+    """The gridded model that ``params.velocity`` names, loaded once per file version and checked
+    to cover the domain [-1, 1]^2 (:class:`fbpinn.media.MediumError` otherwise)."""
+    path, _ = media.split_source(params.velocity)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise media.MediumError(f"{path}: no such file") from None
+    grid = None if params.velocity_grid is None else tuple(tuple(p) for p in params.velocity_grid)
+    key = (params.velocity, grid, stat.st_size, stat.st_mtime_ns)
+    if key not in _MODELS:
+        _MODELS[key] = media.load(params.velocity, params.velocity_grid, ((-1.0, -1.0), (1.0, 1.0)))
+    return _MODELS[key]
 
 
 @register("problem", "wave2d")
@@ -218,6 +282,8 @@ class Wave2d(Problem):
 
     def speed(self, x, y):
         """c at coordinates ``x``, ``y`` (torch tensors or numpy arrays of one shape)."""
+        if self.p.is_gridded():
+            return gridded(self.p)(x, y)
         lib = torch if isinstance(x, torch.Tensor) else np
         c = self.p.c0 + 0 * x
         if self.p.velocity == "mixture":
@@ -289,7 +355,11 @@ class Wave2d(Problem):
         from ..reference import wave
 
         xs, ys, ts = (a.double().numpy() for a in axes)
-        key = {"problem": "wave2d", "c0": self.p.c0, "velocity": self.p.velocity,
+        velocity = self.p.velocity
+        if self.p.is_gridded():  # the model by its contents and grid, wherever the file is
+            model = gridded(self.p)
+            velocity = {"sha256": model.sha256, "lo": list(model.lo), "step": list(model.step)}
+        key = {"problem": "wave2d", "c0": self.p.c0, "velocity": velocity,
                "mixture": self.p.mixture if self.p.velocity == "mixture" else [],
                "x0": self.p.x0, "y0": self.p.y0, "width": self.p.width, "max_h": self.p.reference_h,
                "axes": [[float(a[0]), float(a[-1]), len(a)] for a in (xs, ys, ts)]}

@@ -5,7 +5,7 @@ The model covers [-1, 1]^2 on an evenly spaced grid (x along the first axis):
 - an upper layer of speed 1.0 above an interface that dips from y = 0.45 at x = -1 to
   y = 0.05 at x = 1, and a lower layer of speed 1.5 below it; the step between them is
   smoothed over a width of 0.06 (a tanh), so that the medium is smooth at the PINN's scale;
-- a Gaussian lens that lowers the speed by 35% at (-0.35, -0.45), of width 0.15.
+- a Gaussian lens that lowers the speed by 35% at (-0.3, -0.2), of width 0.15.
 
 Speeds lie between about 0.98 and 1.5.
 
@@ -29,7 +29,7 @@ import numpy as np
 UPPER, LOWER = 1.0, 1.5  # speeds above and below the interface
 INTERFACE = (0.45, 0.05)  # its depth y at x = -1 and at x = 1
 SMOOTHING = 0.06  # width of the tanh step across the interface
-LENS = (-0.35, -0.45, -0.35, 0.15)  # centre x, y, relative change, width
+LENS = (-0.3, -0.2, -0.35, 0.15)  # centre x, y, relative change, width
 
 
 def model(nodes: int = 201) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

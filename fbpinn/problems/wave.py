@@ -62,13 +62,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import media
+from .. import media, sources
 from ..registry import register
 from . import SCALE, WEIGHT_MAX, Params, Problem, Term
 
 
+SOURCES = ("pulse", "ricker")
+
+
 @dataclass
-class Wave1dParams(Params):
+class SourceParams(Params):
+    """What starts the waves: the initial pulse, or a point source (module docstring)."""
+
+    source: str = "pulse"  # pulse: the initial pulse released at rest; ricker: a point source, quiet start
+    frequency: float = 5.0  # ricker: peak frequency of the wavelet
+    delay: float | None = None  # ricker: time of the wavelet's peak (default 1.5 / frequency: a quiet start)
+    source_width: float = 0.05  # ricker: width of the source's Gaussian in space
+    amplitude: float = 1.0  # ricker: strength A (the forcing's integral over space peaks at A)
+
+    def check_source(self):
+        """``(key, message)`` for a bad source setting, or None."""
+        if self.source not in SOURCES:
+            return "source", f"must be one of {', '.join(SOURCES)}, got {self.source!r}"
+        bad = (self.first_not_positive("frequency", "source_width")
+               or self.first_out_of_range(1 / SCALE, SCALE, "frequency", "source_width")
+               or self.first_out_of_range(-SCALE, SCALE, "amplitude"))
+        if bad:
+            return bad
+        if self.delay is not None and not 0 <= self.delay <= SCALE:
+            return "delay", f"must lie in [0, {SCALE:g}], got {self.delay}"
+        return None
+
+    def point_source(self, position) -> sources.PointSource | None:
+        """The Ricker point source at ``position`` (None for the initial pulse)."""
+        if self.source != "ricker":
+            return None
+        delay = 1.5 / self.frequency if self.delay is None else self.delay
+        return sources.point_source(position, self.frequency, delay, self.source_width, self.amplitude)
+
+
+@dataclass
+class Wave1dParams(SourceParams):
     c: float = 1.0  # wave speed
     x0: float = 0.0  # centre of the initial pulse
     width: float = 0.1  # standard deviation w of the initial pulse
@@ -77,12 +111,13 @@ class Wave1dParams(Params):
 
     def validate(self):
         bad = (super().validate() or self.first_not_positive("c", "width", "t_max", "sigma")
-               or self.first_out_of_range(1 / SCALE, SCALE, "c", "width", "t_max", "sigma"))
+               or self.first_out_of_range(1 / SCALE, SCALE, "c", "width", "t_max", "sigma") or self.check_source())
         if bad:
             return bad
-        if not -1 + 6 * self.width <= self.x0 <= 1 - 6 * self.width:
-            return "x0", (f"must keep the pulse clear of the walls: |x0| <= 1 - 6 width = "
-                          f"{1 - 6 * self.width:g}, got {self.x0}")
+        width, what = (self.width, "width") if self.source == "pulse" else (self.source_width, "source_width")
+        if not -1 + 6 * width <= self.x0 <= 1 - 6 * width:
+            return "x0", (f"must keep the {self.source} clear of the walls: |x0| <= 1 - 6 {what} = "
+                          f"{1 - 6 * width:g}, got {self.x0}")
         return None
 
 
@@ -113,13 +148,28 @@ class Wave1d(Problem):
 
     def constraint(self, x):
         ramp = torch.tanh(x[:, 1] / self.p.sigma) ** 2
+        if self.source is not None:  # a quiet start: nothing to carry
+            return torch.zeros_like(ramp), ramp * (1 - x[:, 0] ** 2)
         return (1 - ramp) * self._pulse(x[:, 0]), ramp * (1 - x[:, 0] ** 2)
 
+    @property
+    def source(self) -> sources.PointSource | None:
+        return self.p.point_source((self.p.x0,))
+
+    def forcing(self, x):
+        """The point source's forcing at points ``x`` (x, t): its profile extended odd about the
+        walls (:func:`fbpinn.sources.imaged_profile`, for which the exact solution is exact)."""
+        src = self.source
+        return sources.imaged_profile(x[:, 0], src) * src.wavelet(x[:, 1])
+
     def residual(self, x, d):
-        return d["u_tt"] - self.p.c**2 * d["u_xx"]
+        r = d["u_tt"] - self.p.c**2 * d["u_xx"]
+        return r if self.source is None else r - self.forcing(x)
 
     def exact(self, x):
         x = x.double()
+        if self.source is not None:
+            return sources.exact_1d(x[:, 0], x[:, 1], self.p.c, self.source, walls=True)
         ct = self.p.c * x[:, 1]
         return 0.5 * (self._pulse(x[:, 0] - ct) + self._pulse(x[:, 0] + ct))
 
@@ -137,7 +187,7 @@ ANSATZES = ("pulse", "taylor")
 
 
 @dataclass
-class Wave2dParams(Params):
+class Wave2dParams(SourceParams):
     c0: float = 1.0  # background speed
     velocity: str = "constant"  # constant | mixture | a gridded model: "model.npy" or "model.h5:/dataset"
     velocity_grid: list[list[float]] | None = None  # a .npy model's [[x_0, x_last], [y_0, y_last]]
@@ -158,7 +208,8 @@ class Wave2dParams(Params):
     def validate(self):
         from ..config import reading_stored
 
-        bad = super().validate() or self.first_not_positive("c0", "width", "t_max", "sigma", "fade", "reference_h")
+        bad = (super().validate() or self.first_not_positive("c0", "width", "t_max", "sigma", "fade", "reference_h")
+               or self.check_source())
         if bad:
             return bad
         if self.ansatz not in ANSATZES:
@@ -297,9 +348,15 @@ class Wave2d(Problem):
         lib = torch if isinstance(x, torch.Tensor) else np
         return lib.exp(-((x - self.p.x0) ** 2 + (y - self.p.y0) ** 2) / (2 * self.p.width**2))
 
+    @property
+    def source(self) -> sources.PointSource | None:
+        return self.p.point_source((self.p.x0, self.p.y0))
+
     def constraint(self, x):
         t = x[:, 2]
         ramp = torch.tanh(t / self.p.sigma) ** 2
+        if self.source is not None:  # a quiet start: nothing to carry
+            return torch.zeros_like(ramp), ramp
         u0 = self.initial(x[:, 0], x[:, 1])
         if self.p.ansatz == "pulse":
             return (1 - ramp) * u0, ramp
@@ -313,7 +370,9 @@ class Wave2d(Problem):
 
     def residual(self, x, d):
         c = self.speed(x[:, 0], x[:, 1])
-        return d["u_tt"] - c * c * (d["u_xx"] + d["u_yy"])
+        r = d["u_tt"] - c * c * (d["u_xx"] + d["u_yy"])
+        src = self.source
+        return r if src is None else r - src(x[:, 0], x[:, 1], x[:, 2])
 
     def terms(self, generator):
         """The absorbing condition on a grid of points on the four sides (corners left out)."""
@@ -363,7 +422,11 @@ class Wave2d(Problem):
                "mixture": self.p.mixture if self.p.velocity == "mixture" else [],
                "x0": self.p.x0, "y0": self.p.y0, "width": self.p.width, "max_h": self.p.reference_h,
                "axes": [[float(a[0]), float(a[-1]), len(a)] for a in (xs, ys, ts)]}
-        u = wave.cached_solve(key, None, [xs, ys], ts, self.speed, self.initial, max_h=self.p.reference_h)
+        src = self.source
+        if src is not None:  # the same forcing, from rest
+            key["source"] = src.describe()
+        u = wave.cached_solve(key, None, [xs, ys], ts, self.speed, self.initial if src is None else None,
+                              max_h=self.p.reference_h, forcing=src)
         return torch.from_numpy(np.ascontiguousarray(u))  # (n_x, n_y, n_t): the test grid's axis order
 
     reference_name = "finite differences, 4th order in space, 2nd in time (fbpinn.reference.wave)"

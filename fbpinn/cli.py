@@ -199,7 +199,7 @@ def cmd_plot(args) -> int:
 
 def cmd_info(args) -> int:
     from . import checkpoint
-    from .io import file_format, read_results
+    from .io import file_format, read_results, trace_error
 
     kind = file_format(args.file)
     if kind == "fbpinn-snapshots":
@@ -223,6 +223,11 @@ def cmd_info(args) -> int:
     for name, value in data.get("learned", {}).items():
         if name != "attrs":
             print(f"  learned {name} = {float(value):.6g}")
+    if "receivers" in data:
+        rec = data["receivers"]
+        kind, err = trace_error(data)
+        print(f"  receivers: {len(rec['positions'])} trace(s) of {len(rec['t'])} samples"
+              + (f", rel_l2 {err:.4e} against the {kind}" if kind else ""))
     _print_tail(record, a["config"] if args.config else None)
     return 0
 
@@ -360,10 +365,14 @@ def cmd_eval(args) -> int:
     names = list(dict.fromkeys(fields + _names(args.derivatives or "")))
     if not names:
         raise UsageError("nothing to evaluate: --fields and --derivatives name no quantity")
-    grid = None
+    grid, traces = None, None
+    if args.samples is not None and args.traces is None:
+        raise UsageError("--samples sets the times of --traces; give --traces POSITIONS too")
     if args.grid is not None:
         grid = _grid_shape(args.grid, sol)
         x = sol.model.problem.domain.grid(grid).numpy()  # first axis slowest, as the test grid
+    elif args.traces is not None:
+        x, traces = _trace_points(args, sol)
     else:
         x = _read_points(args.points, sol.axes)
     try:
@@ -374,11 +383,34 @@ def cmd_eval(args) -> int:
         if out.suffix.lower() == ".csv":
             _write_csv(out, sol.axes, names, x, values)
         else:
-            _write_eval_h5(out, sol, args.file, names, x, values, grid)
+            _write_eval_h5(out, sol, args.file, names, x, values, grid, traces)
     except OSError as e:
         raise UsageError(f"cannot write {e.filename or out}: {e.strerror or e}") from None
     logger.info("wrote %s: %d point(s), %s", out, x.shape[0], ", ".join(names))
     return 0
+
+
+def _trace_points(args, sol):
+    """The points of ``--traces POSITIONS --samples N``: every receiver position at N times evenly
+    over the time axis (receiver-major), and ``(positions, times)``."""
+    import numpy as np
+
+    from .points import PointsError, read
+
+    axes = tuple(sol.axes)
+    if len(axes) < 2 or axes[-1] != "t":
+        raise UsageError(f"--traces: traces u(r, t) need a problem whose last axis is t; {args.file} has axes "
+                         f"{', '.join(axes)}")
+    try:
+        positions = read(args.traces, axes[:-1], f"--traces {args.traces}")
+    except PointsError as e:
+        raise UsageError(str(e)) from None
+    samples = 101 if args.samples is None else args.samples
+    if not 2 <= samples <= 10**7:
+        raise UsageError(f"--samples {samples}: must lie in 2..10000000")
+    times = np.linspace(sol.domain[0][-1], sol.domain[1][-1], samples)
+    r, k = np.meshgrid(np.arange(len(positions)), np.arange(samples), indexing="ij")
+    return np.concatenate([positions[r.ravel()], times[k.ravel(), None]], axis=1), (positions, times)
 
 
 def _names(text: str) -> list:
@@ -400,75 +432,13 @@ def _grid_shape(text: str, sol) -> list:
 
 
 def _read_points(spec: str, axes):
-    """Points from ``FILE.npy`` ((N, d)), ``FILE.csv`` (one column per axis; an optional header of
-    the axis names, in any order) or ``FILE.h5:/dataset``; UsageError naming what is wrong."""
-    import h5py
-    import numpy as np
+    """Points of ``--points`` (:func:`fbpinn.points.read`); UsageError naming what is wrong."""
+    from .points import PointsError, read
 
-    path, sep, dataset = spec.partition(":")
-    suffix = Path(path).suffix.lower()
-    if sep and suffix not in (".h5", ".hdf5"):
-        path, dataset, suffix = spec, "", Path(spec).suffix.lower()
-    if not Path(path).is_file():
-        raise UsageError(f"--points {path}: no such file")
     try:
-        if suffix == ".npy":
-            x = np.load(path, allow_pickle=False)
-        elif suffix == ".csv":
-            x = _read_csv_points(Path(path), axes)
-        elif suffix in (".h5", ".hdf5"):
-            if not dataset:
-                raise UsageError(f"--points {spec}: name the dataset, e.g. {path}:/x")
-            with h5py.File(path, "r") as f:
-                item = f.get(dataset)
-                if not isinstance(item, h5py.Dataset):
-                    raise UsageError(f"--points {spec}: {path} has no dataset {dataset}")
-                x = item[()]
-        else:
-            raise UsageError(f"--points {spec}: unknown extension {suffix or '(none)'}; use .npy, .csv or "
-                             "FILE.h5:/dataset")
-    except UsageError:
-        raise
-    except (OSError, ValueError, TypeError) as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(f"--points {spec}: cannot read points ({detail})") from None
-    x = np.asarray(x)
-    if x.ndim == 1 and len(axes) == 1:
-        x = x[:, None]
-    if x.ndim != 2 or x.shape[1] != len(axes) or not np.issubdtype(x.dtype, np.number):
-        raise UsageError(f"--points {spec}: points must be an (N, {len(axes)}) array of numbers (one column per "
-                         f"axis {', '.join(axes)}), got {x.dtype} of shape {x.shape}")
-    return x.astype(np.float64)
-
-
-def _read_csv_points(path: Path, axes):
-    """A CSV file's points: one column per axis, or, after a first line naming the columns, the
-    columns of the axis names (in any order; other columns are ignored)."""
-    import csv
-
-    import numpy as np
-
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    order, named = list(range(len(axes))), False
-    if rows:
-        head = [c.strip() for c in rows[0]]
-        try:
-            [float(c) for c in head]
-        except ValueError:
-            if not set(axes) <= set(head):
-                raise UsageError(f"--points {path}: header {','.join(head)} does not name the axes "
-                                 f"{','.join(axes)}") from None
-            order, named = [head.index(a) for a in axes], True
-            rows = rows[1:]
-    try:
-        x = np.array([[float(c) for c in r] for r in rows], dtype=np.float64).reshape(len(rows), -1)
-    except ValueError as e:
-        raise UsageError(f"--points {path}: {e}") from None
-    if x.shape[1] != len(axes) and not named:
-        raise UsageError(f"--points {path}: {x.shape[1]} column(s), the problem has {len(axes)} axis/axes "
-                         f"({', '.join(axes)})")
-    return x[:, order]
+        return read(spec, axes, f"--points {spec}")
+    except PointsError as e:
+        raise UsageError(str(e)) from None
 
 
 def _write_csv(out: Path, axes, names, x, values) -> None:
@@ -483,8 +453,10 @@ def _write_csv(out: Path, axes, names, x, values) -> None:
                    header=",".join([*axes, *names]), comments="")
 
 
-def _write_eval_h5(out: Path, sol, source, names, x, values, grid) -> None:
-    """HDF5, atomically: ``x`` (N, d) and one (N,) dataset per quantity; attributes name the source."""
+def _write_eval_h5(out: Path, sol, source, names, x, values, grid, traces=None) -> None:
+    """HDF5, atomically: ``x`` (N, d) and one (N,) dataset per quantity; attributes name the source.
+    With ``traces`` (positions (R, d - 1), times (T,)): also ``positions`` and ``t``, and every
+    quantity as (R, T)."""
     import numpy as np
 
     from . import __version__
@@ -502,8 +474,12 @@ def _write_eval_h5(out: Path, sol, source, names, x, values, grid) -> None:
         if grid is not None:
             f.attrs["grid"] = np.asarray(grid, dtype=np.int64)
         f["x"] = x
+        shape = (-1,) if traces is None else (len(traces[0]), len(traces[1]))
+        if traces is not None:
+            f["positions"], f["t"] = traces
+            f.attrs["traces"] = np.asarray(shape, dtype=np.int64)
         for c, name in enumerate(names):
-            f[name] = values[:, c]
+            f[name] = values[:, c].reshape(shape)
 
     write_atomic(out, fill)
 
@@ -656,6 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "per axis (an optional header of axis names), or FILE.h5:/dataset")
     where.add_argument("--grid", metavar="N,N", help="a grid over the whole domain, ends included: points per axis, "
                        "e.g. 101,51")
+    where.add_argument("--traces", metavar="FILE", help="receivers for traces u(r, t) (space-time problems): their "
+                       "positions along the space axes, in a file read as --points is; see --samples")
+    e.add_argument("--samples", type=int, metavar="N", help="with --traces: times per trace, evenly over the time "
+                   "axis, ends included (default 101)")
     e.add_argument("--fields", metavar="NAMES", help="fields to write, comma-separated (default: all; '' for none)")
     e.add_argument("--derivatives", metavar="NAMES", help="derivatives to write, e.g. u_x,u_tt")
     e.add_argument("--out", required=True, metavar="FILE", help="output: .h5 or .csv (replaced if it exists)")

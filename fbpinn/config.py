@@ -140,6 +140,18 @@ class OutputConfig:
     per_rank: bool = False  # under MPI: each rank writes its test-grid block to run_p{rank}.h5
     snapshot_every: int = 0  # fbpinn train: append the fields to <results folder>/snapshots.h5 every this many steps
     snapshot_points: list[int] = field(default_factory=list)  # the snapshots' grid per axis; empty: test.points
+    receivers: list[list[float]] = field(default_factory=list)  # positions (space axes) of traces u(r, t)
+    receivers_file: str = ""  # or a file of them: .npy (R, d), .csv, or file.h5:/dataset
+    receiver_samples: int = 101  # times per trace, evenly over the time axis, ends included
+
+    def resolve_paths(self, base) -> None:
+        """``receivers_file`` made absolute against ``base`` (the config file's folder)."""
+        if self.receivers_file.strip():
+            path, sep, dataset = self.receivers_file.partition(":")
+            if not sep or Path(path).suffix.lower() not in (".h5", ".hdf5"):
+                path, sep, dataset = self.receivers_file, "", ""
+            full = Path(path).expanduser()
+            self.receivers_file = str(full if full.is_absolute() else (Path(base) / full).resolve()) + sep + dataset
 
 
 @dataclass
@@ -276,7 +288,8 @@ def from_dict(data: dict, base=None) -> Config:
     if problem_table.get("domain") is not None:
         _check_domain(problem_table["domain"], problem_cls, name)
     params = _build(problem_cls.Params, problem_table, "problem", base if base is not None else Path.cwd())
-    sections = {s: _build(cls, data.get(s, {}), s) for s, cls in SECTIONS.items()}
+    sections = {s: _build(cls, data.get(s, {}), s, base if base is not None else Path.cwd())
+                for s, cls in SECTIONS.items()}
     cfg = Config(problem=params, problem_name=name, **sections)
     if module is not None:
         cfg.problem_module, cfg.problem_module_sha256 = module.spec, module.sha256
@@ -456,7 +469,61 @@ def _validate(cfg: Config, problem_cls) -> None:
     if out.snapshot_points:
         _in_range("output.snapshot_points", math.prod(out.snapshot_points), 2**dim, POINTS_MAX,
                   "the product of the counts")
+    _validate_receivers(cfg, problem_cls)
     _validate_derivatives(cfg, problem_cls)
+
+
+RECEIVERS_MAX = 100_000  # receivers of a run
+
+
+def receiver_positions(cfg: Config, problem_cls=None):
+    """The (R, d) receiver positions of ``cfg`` (``output.receivers`` or ``output.receivers_file``),
+    R = 0 without receivers; ConfigError naming the key for a file that cannot be read."""
+    import numpy as np
+
+    from .points import PointsError, read
+
+    out = cfg.output
+    problem_cls = problem_cls or registry.get("problem", cfg.problem_name)
+    space = tuple(problem_cls.axes[:-1])
+    if out.receivers_file.strip():
+        try:
+            return read(out.receivers_file, space, f"output.receivers_file {out.receivers_file}")
+        except PointsError as e:
+            raise ConfigError("output.receivers_file", str(e).split(": ", 1)[1]) from None
+    return np.asarray(out.receivers, dtype=np.float64).reshape(len(out.receivers), len(space))
+
+
+def _validate_receivers(cfg: Config, problem_cls) -> None:
+    """Receivers need a space-time problem; their positions lie in the domain's space box."""
+    import torch
+
+    out = cfg.output
+    if not out.receivers and not out.receivers_file.strip():
+        return
+    if out.receivers and out.receivers_file.strip():
+        raise ConfigError("output.receivers", "give the positions either here or in output.receivers_file, not both")
+    axes = tuple(problem_cls.axes)
+    if len(axes) < 2 or axes[-1] != "t":
+        raise ConfigError("output.receivers", f"traces u(r, t) need a problem whose last axis is t; "
+                          f"{cfg.problem_name!r} has axes {', '.join(axes)}")
+    space = axes[:-1]
+    key = "output.receivers_file" if out.receivers_file.strip() else "output.receivers"
+    if out.receivers and not all(isinstance(r, list) and len(r) == len(space) for r in out.receivers):
+        raise ConfigError(key, f"must list positions of {len(space)} coordinate(s) ({', '.join(space)}), e.g. "
+                          f"{_toml_value([[0.0] * len(space)])}, got {_show(out.receivers)}")
+    positions = receiver_positions(cfg, problem_cls)
+    _in_range(key, len(positions), 1, RECEIVERS_MAX, "the number of receivers")
+    _in_range("output.receiver_samples", out.receiver_samples, 2, COUNT_MAX)
+    if not (positions == positions).all() or not abs(positions).max() < float("inf"):
+        raise ConfigError(key, "positions must be finite numbers")
+    domain = problem_cls(cfg.problem, torch.float64).domain
+    lo, hi = domain.lo[:-1], domain.hi[:-1]
+    for i, r in enumerate(positions):
+        if any(not a <= v <= b for v, a, b in zip(r, lo, hi)):
+            box = " x ".join(f"[{a:g}, {b:g}]" for a, b in zip(lo, hi))
+            raise ConfigError(key, f"receiver {i} at {r.tolist()} lies outside the domain {box} "
+                              f"({', '.join(space)})")
 
 
 def _validate_derivatives(cfg: Config, problem_cls) -> None:

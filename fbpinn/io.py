@@ -385,6 +385,9 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
         data = f.create_group("observations")
         data["x"], data["u"] = (np.asarray(a, dtype=np.float64) for a in run.observations)
 
+    if run.receivers is not None:
+        write_receivers(f.create_group("receivers"), run.receivers, run.fields, run.axes)
+
     par = f.create_group("parameters")
     for name, arr in run.parameters.items():
         par[name] = arr
@@ -394,6 +397,38 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
             learned[name] = value
     if run.provenance:
         provenance.write(f.create_group(provenance.GROUP), run.provenance)
+
+
+def write_receivers(group, traces: dict, fields, axes) -> None:
+    """The traces of :meth:`fbpinn.trainer.Trainer.traces` in ``group``: ``positions`` (R, d - 1),
+    ``t`` (T,), and per field its trace, its target's and the error, (R, T) each, named as the
+    solution's datasets are (``u``, ``exact`` or ``reference``, ``error``; ``p``, ``exact_p``,
+    ... for several fields)."""
+    group["positions"] = np.asarray(traces["positions"], dtype=np.float64)
+    group["positions"].attrs["axes"] = ",".join(axes[:-1])
+    group["t"] = np.asarray(traces["t"], dtype=np.float64)
+    target = traces["kind"] if traces["target"] is not None else None
+    if target:
+        group.attrs["target"] = target
+        if target == "reference":
+            group.attrs["reference_method"] = traces["method"]
+    for name, arr in _solution_arrays(traces["u"], traces["target"], fields, target).items():
+        group[name] = arr
+
+
+def trace_error(data: dict, i: int | None = None) -> tuple[str | None, float]:
+    """``(target, relative L2 error)`` of the traces in ``data["receivers"]`` (as
+    :func:`read_results` gives them) for field ``i``, or all fields when None; ``(None, nan)``
+    without a target."""
+    group = data["receivers"]
+    target = group["attrs"].get("target")
+    if not target:
+        return None, float("nan")
+    rows = solution_names(field_names(data["attrs"]), target)
+    rows = rows if i is None else [rows[i]]
+    num = sum(float(np.sum(np.asarray(group[e]) ** 2)) for _, _, _, e in rows)
+    den = sum(float(np.sum(np.asarray(group[t]) ** 2)) for _, _, t, _ in rows)
+    return target, float(np.sqrt(num / den)) if den > 0 else float("nan")
 
 
 def _iso(t: float) -> str:
@@ -592,6 +627,7 @@ def _checked(path: Path):
         _check_entries(f, path, _ROOT, dims)
         axes = str(_attr(f.attrs["axes"])).split(",")
         dims["d"] = (len(axes), "the axes attribute")
+        dims["s"] = (len(axes) - 1, "the space axes (all axes but t)")
         fields = _fields(f, path)
         dims["F"] = (len(fields), "the fields attribute")
         levels = _levels(f, path)
@@ -697,6 +733,14 @@ def _layout(f: h5py.File, axes, levels: int, fields=("u",)) -> list:
     if "observations" in f:
         entries += [("observations/x", "real", ("N", "d"), True),
                     ("observations/u", "real", ("N",) if len(fields) == 1 else ("N", "F"), True)]
+    if "receivers" in f:  # traces u(r, t): Q receivers, S_r samples in time
+        entries += [("receivers/positions", "real", ("Q", "s"), True), ("receivers/t", "real", ("S_r",), True),
+                    ("receivers/positions@axes", "str", (), False), ("receivers@target", "str", (), False),
+                    ("receivers@reference_method", "str", (), False)]
+        entries += [(f"receivers/{name}", "real", ("Q", "S_r"), True) for _, name, _, _ in solution_names(fields)]
+        for target in ("exact", "reference"):
+            entries += [(f"receivers/{name}", "real", ("Q", "S_r"), False)
+                        for _, _, *names in solution_names(fields, target) for name in names]
     if "learned" in f:
         entries += [(f"learned/{name}", "real", (), True) for name in f["learned"]]
     for name, level in f["parameters"].items():

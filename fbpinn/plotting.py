@@ -51,8 +51,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from .compare import grid as _grid  # noqa: E402  (the test grid's coordinate vectors)
 from .decomposition import Level  # noqa: E402
 from .domains import Box  # noqa: E402
-from .io import (TEMPORARY, ResultsError, Stored, field_names, file_format, new_folders, read_results, read_snapshots,  # noqa: E402
-                 solution_names, staged)
+from .io import (TEMPORARY, ResultsError, Stored, field_names, file_format, new_folders, read_results,  # noqa: E402
+                 read_snapshots, solution_names, staged, trace_error)
 
 logger = logging.getLogger(__name__)
 DPI = 120
@@ -128,6 +128,9 @@ def plot_run(path, out_dir=None, fmt: str = "png", dpi: int = DPI) -> list[Path]
         figures += [(f"slices{suffix}.{fmt}", _plot_slices, view) for suffix, view in views]
     if n_space >= 2:
         figures += [(f"wavefield{suffix}.gif", _plot_wavefield, view) for suffix, view in views]
+    if "receivers" in data:
+        figures += [(f"receivers{'' if len(fields) == 1 else '_' + f}.{fmt}", _plot_receivers, (data, i))
+                    for i, f in enumerate(fields)]
     token = _DPI.set(dpi)
     try:
         with _drawing(path, folder), new_folders(folder), staged() as stage:
@@ -572,6 +575,39 @@ def _rectangles_2d(ax, level, lo, hi) -> None:
     ax.set_ylim(ext_lo[1] - pad[1], ext_hi[1] + pad[1])
     ax.set_aspect("equal")
     ax.legend(fontsize=8, loc="upper right")
+
+
+def _plot_receivers(item, path: Path) -> Path:
+    """receivers.png, a shot gather: one trace per receiver against time, offset by receiver,
+    the FBPINN's solid over the target's (exact or reference) dashed, all on one scale."""
+    data, i = item
+    group, fields = data["receivers"], field_names(data["attrs"])
+    _, name, target_name, _ = solution_names(fields, group["attrs"].get("target"))[i]
+    t, u = np.asarray(group["t"]), np.asarray(group[name])
+    target = np.asarray(group[target_name]) if target_name else None
+    positions = np.asarray(group["positions"])
+    peak = float(np.max(np.abs(target if target is not None else u))) or 1.0
+    gain = 0.45 / peak  # a trace of the largest amplitude spans 0.9 of the spacing between receivers
+    kind, err = trace_error(data, i)
+    space = str(data["attrs"]["axes"]).split(",")[:-1]
+    title = f"{data['attrs']['problem']}: {len(u)} receiver(s), field {fields[i]}"
+    title += f", traces rel L2 vs {kind} {err:.3e}" if kind else ""
+    height = min(2.0 + 0.35 * len(u), 14.0)
+    with _figure(path, figsize=(9, height)) as (fig, axs):
+        ax = axs[0, 0]
+        for r in range(len(u)):
+            if target is not None:
+                ax.plot(t, r + gain * target[r], color="0.55", lw=2.2, ls="--", label=kind if r == 0 else None)
+            ax.plot(t, r + gain * u[r], color="C0", lw=1.1, label="FBPINN" if r == 0 else None)
+        step = max(1, len(u) // 20)
+        ax.set_yticks(range(0, len(u), step))
+        ax.set_yticklabels([", ".join(f"{v:.2g}" for v in positions[r]) for r in range(0, len(u), step)], fontsize=8)
+        ax.set_ylabel(f"receiver ({', '.join(space)})")
+        ax.set_xlabel(str(data["attrs"]["axes"]).split(",")[-1])
+        ax.set_ylim(-1, len(u))
+        ax.set_title(f"{title}\nscale: 0.45 receiver spacing per {peak:.3g}", fontsize=10)
+        ax.legend(fontsize=8, loc="upper right")
+    return path
 
 
 def _plot_slices(data, path: Path) -> Path:

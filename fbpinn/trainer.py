@@ -80,6 +80,7 @@ class Run:
     parameters: dict = field(default_factory=dict)  # "level0/W0" -> full stacked array
     block: dict | None = None  # this rank's solution block when written per rank (output.per_rank)
     provenance: dict | None = None  # on rank 0: the record of fbpinn.provenance, its last segment closed
+    receivers: dict | None = None  # on rank 0 with output.receivers: see Trainer.traces
 
 
 def configure_threads(threads: int, ctx: Context | None = None) -> int:
@@ -406,6 +407,44 @@ class Trainer:
         flat = lambda a: a.reshape(-1) if self.n_fields == 1 else a.reshape(-1, self.n_fields)  # noqa: E731
         return flat(u), None if exact is None else flat(exact)
 
+    def traces(self) -> dict | None:
+        """The fields at the receivers (``output.receivers``) at ``output.receiver_samples`` times
+        over the time axis, and their target (collective; on rank 0, None elsewhere and without
+        receivers): ``{"positions" (R, d - 1), "t" (T,), "u" (R, T, F), "target" (R, T, F) or None,
+        "kind" ("exact" or "reference"), "method"}``.  Each rank evaluates the samples in its own
+        region, so every sample is evaluated once, by the rank whose subdomains hold it."""
+        from .config import receiver_positions
+
+        out = self.cfg.output
+        if not out.receivers and not out.receivers_file.strip():
+            return None
+        positions = receiver_positions(self.cfg)
+        lo, hi = self.problem.domain.lo[-1], self.problem.domain.hi[-1]
+        times = np.linspace(lo, hi, out.receiver_samples)
+        r, t = np.meshgrid(np.arange(len(positions)), np.arange(len(times)), indexing="ij")
+        x = torch.from_numpy(np.concatenate([positions[r.ravel()], times[t.ravel(), None]], axis=1))  # (R T, d)
+        mine = self.dist.region.contains(x, self.dist.closed).nonzero()[:, 0]
+        self.dist.refresh_halo()
+        values = self.model.value(x[mine].to(self.dtype)).double().numpy() if len(mine) else \
+            np.zeros((0, self.n_fields))
+        parts = self.ctx.gather({"index": mine.numpy(), "u": values})
+        if parts is None:
+            return None
+        u = np.full((len(x), self.n_fields), np.nan)
+        for p in parts:
+            u[p["index"]] = p["u"]
+        shape = (len(positions), len(times), self.n_fields)
+        exact = self.problem.exact(x.to(self.dtype))
+        kind, method = "exact", ""
+        if exact is not None:
+            target = exact.double().cpu().numpy().reshape(shape)
+        else:
+            ref = self.problem.reference_traces(positions, times, self.problem.domain.grid_axes(self.cfg.test.points))
+            target = None if ref is None else np.asarray(ref, dtype=np.float64).reshape(shape)
+            kind, method = "reference", self.problem.reference_name
+        return {"positions": positions, "t": times, "u": u.reshape(shape), "target": target, "kind": kind,
+                "method": method}
+
     # ------------------------------------------------------------------ state
     def named_tensors(self):
         """``(key, tensor, level or None)`` of everything the optimiser trains: each level's stacked
@@ -589,6 +628,7 @@ class Trainer:
         else:
             run.u_test, run.u_exact = self.gather_solution(u_local)
             run.has_exact = run.u_exact is not None
+        run.receivers = self.traces()
         run.levels = [{"shape": list(lv.shape), "centres": lv.centres().numpy(), "half_widths": lv.half_widths().numpy()}
                       for lv in self.model.levels]  # as the last stage of the schedule leaves them
         run.parameters = self.dist.gather_parameters(self.model.nets) or {}

@@ -225,7 +225,8 @@ def _mpi_run(tmp) -> Path:
     if not (out / "run.h5").exists():
         cfg = write_toml({**ACOUSTIC, "training": {**ACOUSTIC["training"], "steps": 5, "eval_every": 5}},
                          tmp / "acoustic.toml")
-        proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg), "--out", str(out), "--set", "output.per_rank=true"],
+        proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg), "--out", str(out), "--set", "output.per_rank=true",
+                          "--set", "output.receivers=[[0.25], [0.75]]", "--set", "output.receiver_samples=7"],
                       timeout=300)
         assert proc.returncode == 0, proc.stderr
         proc = run_cli("merge", out / "run.h5", "-o", out / "merged.h5")

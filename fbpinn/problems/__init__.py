@@ -217,6 +217,15 @@ class Problem:
         for F fields."""
         return None
 
+    def reference_traces(self, positions, times, axes: list):
+        """The numerical reference at receivers, where no exact solution is known, or None.
+
+        ``positions``: (R, d - 1) receiver positions (float64 NumPy) along the space axes,
+        ``times``: (T,) sample times, ``axes``: the test grid's coordinate vectors (which set the
+        reference's grid).  Returns a float64 array (R, T), with a last axis of length F for F
+        fields.  Space-time problems with a :meth:`reference` implement it for receivers."""
+        return None
+
     def terms(self, generator: torch.Generator) -> list[Term]:
         """Loss terms besides the residual (boundary conditions, observations)."""
         return []

@@ -411,9 +411,18 @@ class Wave2d(Problem):
         return c * (nx * d["u_xt"] + ny * d["u_yt"]) + d["u_tt"] - 0.5 * c * c * u_ss
 
     def reference(self, axes):
+        xs, ys, ts = (a.double().numpy() for a in axes)
+        return torch.from_numpy(np.ascontiguousarray(self._reference(xs, ys, ts)))  # (n_x, n_y, n_t)
+
+    def reference_traces(self, positions, times, axes):
+        xs, ys, _ = (a.double().numpy() for a in axes)
+        return self._reference(xs, ys, np.asarray(times, dtype=np.float64), points=positions)  # (R, T)
+
+    def _reference(self, xs, ys, ts, points=None):
+        """The finite-difference solution on the grid of ``xs``, ``ys`` at times ``ts`` (or, with
+        ``points``, its traces there), cached."""
         from ..reference import wave
 
-        xs, ys, ts = (a.double().numpy() for a in axes)
         velocity = self.p.velocity
         if self.p.is_gridded():  # the model by its contents and grid, wherever the file is
             model = gridded(self.p)
@@ -425,9 +434,8 @@ class Wave2d(Problem):
         src = self.source
         if src is not None:  # the same forcing, from rest
             key["source"] = src.describe()
-        u = wave.cached_solve(key, None, [xs, ys], ts, self.speed, self.initial if src is None else None,
-                              max_h=self.p.reference_h, forcing=src)
-        return torch.from_numpy(np.ascontiguousarray(u))  # (n_x, n_y, n_t): the test grid's axis order
+        return wave.cached_solve(key, None, [xs, ys], ts, self.speed, self.initial if src is None else None,
+                                 max_h=self.p.reference_h, forcing=src, points=points)
 
     reference_name = "finite differences, 4th order in space, 2nd in time (fbpinn.reference.wave)"
 

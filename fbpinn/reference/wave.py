@@ -199,11 +199,40 @@ def _forcing(forcing, mesh):
                      f"got {type(forcing).__name__}")
 
 
-def _run(grid: WaveGrid, c, u0, shape_test, n_times, forcing=None) -> np.ndarray:
+def _probe_weights(coords, points):
+    """``(index, weights)`` that interpolate the FD nodes at ``points`` (P, d): for each point the
+    flat indices of the 4^d nodes around it among the inner nodes, and their weights, products of
+    4-point Lagrange weights per axis (fourth order, as the stencil)."""
+    points = np.asarray(points, dtype=np.float64).reshape(len(points), len(coords))
+    per_axis = []
+    for d, x in enumerate(coords):
+        h = x[1] - x[0]
+        u = (points[:, d] - x[0]) / h
+        i0 = np.clip(np.floor(u).astype(np.int64) - 1, 0, len(x) - 4)
+        s = u - i0  # in [1, 2) inside: the point between the 2nd and 3rd node
+        nodes = np.arange(4.0)
+        w = np.ones((len(points), 4))
+        for j in range(4):
+            for m in range(4):
+                if m != j:
+                    w[:, j] *= (s - nodes[m]) / (nodes[j] - nodes[m])
+        per_axis.append((i0[:, None] + np.arange(4), w))
+    shape = [len(x) for x in coords]
+    index, weights = np.zeros((len(points), 1), dtype=np.int64), np.ones((len(points), 1))
+    for d, (idx, w) in enumerate(per_axis):
+        stride = int(np.prod(shape[d + 1:]))
+        index = (index[:, :, None] + idx[:, None, :] * stride).reshape(len(points), -1)
+        weights = (weights[:, :, None] * w[:, None, :]).reshape(len(points), -1)
+    return index, weights
+
+
+def _run(grid: WaveGrid, c, u0, shape_test, n_times, forcing=None, probes=None) -> np.ndarray:
     """March the leapfrog scheme, returning the test-node snapshots.
 
     ``u0`` is the initial field on the FD nodes (None for 0); ``forcing`` is None or a
-    callable ``t -> f`` on the FD nodes (:func:`_forcing` makes one)."""
+    callable ``t -> f`` on the FD nodes (:func:`_forcing` makes one).  ``probes``: the
+    ``(index, weights)`` of :func:`_probe_weights`; the traces at those points, (P, n_times),
+    are then returned instead of the snapshots."""
     dim = len(grid.h)
     inner = (slice(_GHOST, -_GHOST),) * dim
     full = tuple(n + 2 * _GHOST for n in c.shape)
@@ -233,11 +262,16 @@ def _run(grid: WaveGrid, c, u0, shape_test, n_times, forcing=None) -> np.ndarray
         return lap
 
     k = (c * grid.dt) ** 2
-    out = np.empty(tuple(shape_test) + (n_times,))
+    if probes is None:
+        out = np.empty(tuple(shape_test) + (n_times,))
+        record = lambda u, i: out.__setitem__((..., i), u[region])  # noqa: E731
+    else:
+        out = np.empty((len(probes[0]), n_times))
+        record = lambda u, i: out.__setitem__((..., i), (u[inner].reshape(-1)[probes[0]] * probes[1]).sum(1))  # noqa: E731
     prev = np.zeros(full)
     if u0 is not None:
         prev[inner] = u0
-    out[..., 0] = prev[region]
+    record(prev, 0)
     if grid.steps == 0:
         return out
     cur = prev.copy()
@@ -257,12 +291,12 @@ def _run(grid: WaveGrid, c, u0, shape_test, n_times, forcing=None) -> np.ndarray
             prev[inner] = new
             prev, cur = cur, prev
         if n % grid.substeps == 0:
-            out[..., n // grid.substeps] = cur[region]
+            record(cur, n // grid.substeps)
     return out
 
 
 def solve(axes, times, velocity, initial, *, max_h: float, courant: float = 0.5,
-          c_max: float | None = None, forcing=None) -> np.ndarray:
+          c_max: float | None = None, forcing=None, points=None) -> np.ndarray:
     """The wave equation's solution at the nodes of a test grid.
 
     Parameters
@@ -290,10 +324,16 @@ def solve(axes, times, velocity, initial, *, max_h: float, courant: float = 0.5,
         default) solves the unforced equation, with the same numbers as before
         forcing existed.
 
+    points : (P, d) array, optional
+        Receivers: with them, the traces ``u(points[p], times)`` are returned instead, (P,
+        len(times)), interpolated from the FD nodes by 4-point Lagrange weights per axis
+        (fourth order, as the stencil); ``axes`` then only set the grid (its spacing and the
+        region it covers, which must hold the points).
+
     Returns
     -------
     ndarray, shape ``(len(axes[0]), ..., len(times))``
-        ``u`` at the test points, spatial axes first and time last.
+        ``u`` at the test points, spatial axes first and time last (or the traces).
 
     Raises
     ------
@@ -304,7 +344,8 @@ def solve(axes, times, velocity, initial, *, max_h: float, courant: float = 0.5,
     """
     grid, c, coords, axes, times = _plan(axes, times, velocity, max_h, courant, c_max)
     u0, f = _fields(initial, forcing, coords)
-    return _run(grid, c, u0, [a.size for a in axes], times.size, forcing=f)
+    probes = None if points is None else _probe_weights(coords, points)
+    return _run(grid, c, u0, [a.size for a in axes], times.size, forcing=f, probes=probes)
 
 
 def _fields(initial, forcing, coords):
@@ -341,7 +382,7 @@ def cache_path(key: dict, cache_dir, axes, times, *, max_h: float, courant: floa
 
 
 def cached_solve(key: dict, cache_dir, axes, times, velocity, initial, *, max_h: float,
-                 courant: float = 0.5, c_max: float | None = None, forcing=None) -> np.ndarray:
+                 courant: float = 0.5, c_max: float | None = None, forcing=None, points=None) -> np.ndarray:
     """:func:`solve`, with the result kept in an HDF5 file.
 
     Parameters
@@ -354,7 +395,7 @@ def cached_solve(key: dict, cache_dir, axes, times, velocity, initial, *, max_h:
         :class:`fbpinn.sources.PointSource`): two sources under one key share a file.
     cache_dir : path or None
         Folder of the cache files; None for :func:`default_cache_dir`.
-    axes, times, velocity, initial, max_h, courant, c_max, forcing
+    axes, times, velocity, initial, max_h, courant, c_max, forcing, points
         As for :func:`solve`.
 
     Returns
@@ -364,9 +405,12 @@ def cached_solve(key: dict, cache_dir, axes, times, velocity, initial, *, max_h:
         array shape match; an unreadable or mismatched file is recomputed and
         replaced, written under a temporary name and renamed into place.
     """
+    if points is not None:  # traces: the points belong to the setup
+        points = np.asarray(points, dtype=np.float64).reshape(-1, len(axes))
+        key = {**key, "points": points.tolist()}
     path, desc = cache_path(key, cache_dir, axes, times, max_h=max_h, courant=courant, c_max=c_max,
                             forced=forcing is not None)
-    shape = tuple(len(a) for a in axes) + (len(times),)
+    shape = (tuple(len(a) for a in axes) if points is None else (len(points),)) + (len(times),)
     try:
         with h5py.File(path, "r") as f:
             if f.attrs["key"] == desc and f["u"].shape == shape:
@@ -381,7 +425,8 @@ def cached_solve(key: dict, cache_dir, axes, times, velocity, initial, *, max_h:
     grid, c, coords, axes, times = _plan(axes, times, velocity, max_h, courant, c_max)
     logger.info("wave reference: h=%s dt=%.3g steps=%d extent=%s", grid.h, grid.dt, grid.steps, grid.extent)
     u0, f = _fields(initial, forcing, coords)
-    u = _run(grid, c, u0, [a.size for a in axes], times.size, forcing=f)
+    probes = None if points is None else _probe_weights(coords, points)
+    u = _run(grid, c, u0, [a.size for a in axes], times.size, forcing=f, probes=probes)
 
     def fill(f):
         f.create_dataset("u", data=u)

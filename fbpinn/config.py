@@ -115,6 +115,8 @@ class TrainingConfig:
     threads: int = 0  # torch CPU threads; 0: all cores (or OMP_NUM_THREADS)
     compile: bool = False  # torch.compile the loss and its backward (falls back to eager on failure)
     device: str = "auto"  # auto: one GPU per rank where CUDA exists, else cpu; or "cpu", "cuda"
+    causal: float = 0.0  # causal weighting of the residual along t: epsilon (0: off)
+    causal_bins: int = 32  # time bins of the causal weights
 
 
 @dataclass
@@ -441,6 +443,12 @@ def _validate(cfg: Config, problem_cls) -> None:
         raise ConfigError("training.device", f"must be one of {', '.join(DEVICES)}, got {tr.device!r}")
     if tr.sampler not in SAMPLERS:
         raise ConfigError("training.sampler", f"must be one of {', '.join(SAMPLERS)}, got {tr.sampler!r}")
+    if not 0 <= tr.causal <= CAUSAL_MAX:
+        raise ConfigError("training.causal", f"must lie in [0, {CAUSAL_MAX:g}] (0: no causal weighting), got {tr.causal}")
+    _in_range("training.causal_bins", tr.causal_bins, 2, CAUSAL_BINS_MAX)
+    if tr.causal and (len(problem_cls.axes) < 2 or problem_cls.axes[-1] != "t"):
+        raise ConfigError("training.causal", f"weights the residual along t: needs a problem whose last axis is t; "
+                          f"{cfg.problem_name!r} has axes {', '.join(problem_cls.axes)}")
     if len(tr.points) != dim or any(n < 1 for n in tr.points):
         raise ConfigError("training.points", f"must list {dim} positive count(s), one per axis {problem_cls.axes}, got {_show(tr.points)}")
     _in_range("training.points", math.prod(tr.points), 1, POINTS_MAX, "the product of the counts")
@@ -474,6 +482,8 @@ def _validate(cfg: Config, problem_cls) -> None:
 
 
 RECEIVERS_MAX = 100_000  # receivers of a run
+CAUSAL_BINS_MAX = 100_000  # time bins of causal weighting
+CAUSAL_MAX = 1e12  # epsilon of causal weighting
 
 
 def receiver_positions(cfg: Config, problem_cls=None):

@@ -153,6 +153,7 @@ class Trainer:
         # Boundary and observation terms: this rank's points, fixed for the whole run.
         self.extra_terms = [t.select(self.dist.select(t.x)).to(self.model.device) for t in self.problem.terms(self.gen)]
         self.full_terms, self.terms, self.batch, self.slices = [], [], None, []
+        self.causal_term, self.causal_bins, self.causal_counts = None, None, None  # see _prepare_causal
         self.bytes_sent = 0
         self.comm_seconds = 0.0  # time in halo exchange and reductions (includes waiting for other ranks)
         self.schedule = schedulers.build(cfg, self.model.levels, self.problem.axes)
@@ -179,6 +180,7 @@ class Trainer:
         self._snapshot_block = None  # (offset, shape, points) of this rank's block of output.snapshot_points
         self.provenance = None  # on rank 0 while training: the record of fbpinn.provenance (open segment)
         self._stage_points = None  # see stage_points()
+        self.causal_weights = None  # the last step's causal weights per time bin (training.causal)
         # The run so far (state_dict, load_state_dict): history rows, the loss of every step, the loss
         # terms' names, training seconds of earlier segments and when this one started, the next step.
         self.history, self.loss_per_step = history.empty(self.n_fields), []
@@ -212,6 +214,25 @@ class Trainer:
         for t in self.terms:
             bounds.append(bounds[-1] + t.x.shape[0])
         self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        self._prepare_causal()
+
+    def _prepare_causal(self) -> None:
+        """For causal weighting (``training.causal``): the time bin of each physics point, and the
+        points of each bin over all ranks (the bins split the time axis evenly)."""
+        tr = self.cfg.training
+        self.causal_term, self.causal_bins, self.causal_counts = None, None, None
+        names = [t.name for t in self.terms]
+        if not tr.causal or "physics" not in names:
+            return
+        i = names.index("physics")
+        d = self.problem.axes.index("t")
+        lo, hi = self.problem.domain.lo[d], self.problem.domain.hi[d]
+        t = self.terms[i].x[:, d].double()
+        bins = ((t - lo) / (hi - lo) * tr.causal_bins).floor().long().clamp(0, tr.causal_bins - 1)
+        counts = np.bincount(bins.cpu().numpy(), minlength=tr.causal_bins).astype(np.float64)
+        counts = self.ctx.allreduce(counts)
+        self.causal_term, self.causal_bins = i, bins.to(self.model.device)
+        self.causal_counts = torch.as_tensor(np.maximum(counts, 1.0), dtype=self.dtype, device=self.model.device)
 
     def _within(self, term: Term, t_min: float | None, t_max: float) -> Term:
         """The part of ``term`` with t_min < t < t_max (the slab's open support; t <= t_max at
@@ -243,18 +264,38 @@ class Trainer:
         self.optimizer = Adam(self.params, lr=self.cfg.training.lr)
 
     def _loss_impl(self):
+        """Each term's part of the loss (T,), and with causal weighting the physics term's mean
+        squared residual in each time bin, this rank's points' share (B,) (else None)."""
         U = self.model(self.batch)  # (K, N, F)
-        parts = []
-        for term, sl in zip(self.terms, self.slices):
+        parts, binned = [], None
+        for k, (term, sl) in enumerate(zip(self.terms, self.slices)):
             d = Derivs(U[:, sl], self.batch.orders, self.problem.axes, self.problem.fields, self.problem.name)
             r = term.residual(term.x, d)  # (n,), (n, E) or E tensors (n,): one per equation of a system
             if isinstance(r, (tuple, list)):
                 r = torch.stack(list(r), dim=-1)
             if term.target is not None:
                 r = r - term.target
-            parts.append(term.weight * (r * r).sum() / (term.n_global or r.shape[0]))
-        parts = torch.stack(parts)
-        return parts.sum(), parts
+            squares = r * r
+            parts.append(term.weight * squares.sum() / (term.n_global or r.shape[0]))
+            if k == self.causal_term:
+                per_point = squares if squares.dim() == 1 else squares.sum(-1)
+                binned = term.weight * torch.zeros_like(self.causal_counts).index_add(
+                    0, self.causal_bins, per_point) / self.causal_counts
+        return torch.stack(parts), binned
+
+    def _weighted(self, parts, binned):
+        """The loss to minimise: the terms' sum, with the physics term replaced by its causally
+        weighted form when ``binned`` is given (collective: the bins' losses are summed over the
+        ranks, so every rank weights alike).  Bin b's weight is exp(-epsilon * the sum of the
+        losses of the bins before it), without gradient; the weighted term is the weighted mean
+        over the bins, which is the physics term's mean when every weight is 1."""
+        if binned is None:
+            return parts.sum()
+        losses = self.ctx.allreduce(binned.detach().double().cpu().numpy())
+        weights = np.exp(-self.cfg.training.causal * (np.cumsum(losses) - losses))
+        self.causal_weights = weights
+        w = torch.as_tensor(weights, dtype=binned.dtype, device=binned.device)
+        return parts.sum() - parts[self.causal_term] + (w * binned).sum() / len(weights)
 
     def _compiled_loss(self):
         """The loss through torch.compile; falls back to eager if compilation fails.  The first
@@ -290,7 +331,8 @@ class Trainer:
             logger.info("%s (%d points)", self.stage.text, sum(t.n_global or t.x.shape[0] for t in self.terms))
         lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
         self.optimizer.lr = lr
-        loss, parts = self._loss()
+        parts, binned = self._loss()
+        loss = self._weighted(parts, binned)
         self.optimizer.zero_grad()
         loss.backward()
         t2 = time.perf_counter()
@@ -601,6 +643,8 @@ class Trainer:
                         err_text += " (" + ", ".join(f"{name} {e:.3e}" for name, e in
                                                      zip(self.problem.fields, hist["rel_l2_fields"][-1])) + ")"
                     learned = "".join(f"  {k} {v.item():.5g}" for k, v in self.problem.parameters().items())
+                    if self.causal_weights is not None:  # how far along t the residual is let in yet
+                        learned += f"  causal weight of the last bin {self.causal_weights[-1]:.2g}"
                     logger.info("step %*d/%d  loss %.4e%s%s  %.0f steps/s  ETA %s", len(str(tr.steps)), step,
                                 tr.steps, value, err_text, learned, rate, _hms(eta))
                 if checkpoints is not None and (checkpoints.due(step, last) or self.stop_agreed):

@@ -11,7 +11,7 @@ import torch
 import fbpinn
 from fbpinn.config import ConfigError
 from fbpinn.trainer import Trainer
-from test_checkpoint import same, train_cli
+from test_checkpoint import resumed_equals_whole, same, train_cli
 from test_parallel import mpirun, needs_mpi, write_toml
 
 WAVE = {"problem": {"name": "wave1d", "sigma": 1.0},
@@ -46,12 +46,7 @@ def test_the_weights_follow_the_bins_losses():
 
 
 def test_causal_training_resumes_exactly(tmp_path):
-    cfg = write_toml({**WAVE, "checkpoint": {"every": 20}}, tmp_path / "c.toml")
-    assert train_cli(cfg, tmp_path / "whole") == 0
-    assert train_cli(cfg, tmp_path / "part", "--set", "training.steps=20") == 0
-    assert train_cli(cfg, tmp_path / "part", "--resume") == 0
-    whole = fbpinn.load_results(tmp_path / "whole" / "run.h5")
-    same(whole, fbpinn.load_results(tmp_path / "part" / "run.h5"), rtol=1e-12)
+    whole = resumed_equals_whole(tmp_path, WAVE, 20)
     plain = write_toml({**WAVE, "training": {**WAVE["training"], "causal": 0.0}}, tmp_path / "p.toml")
     assert train_cli(plain, tmp_path / "plain") == 0
     other = fbpinn.load_results(tmp_path / "plain" / "run.h5")

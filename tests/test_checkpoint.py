@@ -29,6 +29,18 @@ def train_cli(cfg_path, out, *extra):
     return main(["train", str(cfg_path), "--out", str(out), *extra])
 
 
+def resumed_equals_whole(tmp_path, data: dict, split: int) -> dict:
+    """Train ``data`` whole, and again stopped after ``split`` steps then resumed; assert the two
+    results agree (to 1e-12) and return the whole run's."""
+    cfg = write_toml({**data, "checkpoint": {"every": split}}, tmp_path / "c.toml")
+    assert train_cli(cfg, tmp_path / "whole") == 0
+    assert train_cli(cfg, tmp_path / "part", "--set", f"training.steps={split}") == 0
+    assert train_cli(cfg, tmp_path / "part", "--resume") == 0
+    whole = read_results(tmp_path / "whole" / "run.h5")
+    same(whole, read_results(tmp_path / "part" / "run.h5"), rtol=1e-12)
+    return whole
+
+
 def same(a: dict, b: dict, rtol: float) -> None:
     """Loss history, parameters, learned constants and solution of two results files agree."""
     la, lb = a["training"]["loss_per_step"], b["training"]["loss_per_step"]

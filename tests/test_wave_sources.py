@@ -11,7 +11,7 @@ from fbpinn import registry, sources
 from fbpinn.cli import main
 from fbpinn.config import ConfigError
 from fbpinn.reference import wave as fd
-from test_checkpoint import same, train_cli
+from test_checkpoint import resumed_equals_whole, same
 from test_parallel import mpirun, needs_mpi, write_toml
 
 SMALL = {"decomposition": {"subdomains": [3, 3], "overlap": 1.9}, "network": {"hidden": [8]},
@@ -80,12 +80,7 @@ def test_source_options_are_validated(override, message):
 
 
 def test_wave1d_source_trains_and_resumes_exactly(tmp_path):
-    cfg = write_toml({**WAVE1D, "checkpoint": {"every": 15}}, tmp_path / "c.toml")
-    assert train_cli(cfg, tmp_path / "whole") == 0
-    assert train_cli(cfg, tmp_path / "part", "--set", "training.steps=15") == 0
-    assert train_cli(cfg, tmp_path / "part", "--resume") == 0
-    whole = fbpinn.load_results(tmp_path / "whole" / "run.h5")
-    same(whole, fbpinn.load_results(tmp_path / "part" / "run.h5"), rtol=1e-12)
+    whole = resumed_equals_whole(tmp_path, WAVE1D, 15)
     assert whole["solution"]["attrs"]["target"] == "exact" and np.isfinite(whole["training"]["rel_l2"]).all()
 
 

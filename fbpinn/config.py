@@ -97,6 +97,7 @@ class DecompositionConfig:
 class NetworkConfig:
     hidden: list[int] = field(default_factory=lambda: [16, 16])
     activation: str = "tanh"
+    input_scale: float = 1.0  # s: a subdomain network sees s (x - centre) / half-width
 
 
 @dataclass
@@ -414,6 +415,8 @@ def _validate(cfg: Config, problem_cls) -> None:
               f"every subdomain is over {OVERLAP_COVER:g} times as wide as the domain")
     if dec.window not in registry.names("window"):
         raise ConfigError("decomposition.window", f"unknown window {dec.window!r}; available: {', '.join(registry.names('window'))}")
+    if not 1e-3 <= net.input_scale <= 1e3:
+        raise ConfigError("network.input_scale", f"must lie in [0.001, 1000], got {net.input_scale}")
     if not net.hidden or any(h < 1 for h in net.hidden):
         raise ConfigError("network.hidden", f"must list positive layer widths, got {_show(net.hidden)}")
     _in_range("network.hidden", len(net.hidden), 1, DEPTH_MAX, "the number of hidden layers")

@@ -101,7 +101,7 @@ class FBPINN(nn.Module):
     """
 
     def __init__(self, problem, levels, hidden, activation: str, generator: torch.Generator,
-                 dtype=torch.float32, held=None, device=None):
+                 dtype=torch.float32, held=None, device=None, input_scale: float = 1.0):
         super().__init__()
         self.problem = problem
         self.levels = list(levels)
@@ -119,7 +119,7 @@ class FBPINN(nn.Module):
             slot[ids] = torch.arange(len(ids))
             self._slot.append(slot)
             self._centres.append(lv.centres()[ids].to(dtype))  # (J, d)
-            self._inv_h.append(1.0 / lv.half_widths()[ids].to(dtype))  # (J, d)
+            self._inv_h.append(input_scale / lv.half_widths()[ids].to(dtype))  # (J, d): s / half-width
         self.scale = float(problem.output_scale)
         self.device = torch.device(device or "cpu")
         self.nets.to(self.device)

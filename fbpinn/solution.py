@@ -95,7 +95,8 @@ class Solution:
         problem = registry.get("problem", cfg.problem_name)(cfg.problem, dtype)
         levels = config_levels(cfg, problem)
         gen = torch.Generator().manual_seed(cfg.training.seed)  # initial weights, all replaced below
-        model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, device=device)
+        model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, device=device,
+                       input_scale=cfg.network.input_scale)
         problem.to(model.device)
         with torch.no_grad():
             for level, name, dst in stacked_parameters(model.nets):

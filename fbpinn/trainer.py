@@ -105,7 +105,7 @@ def build(cfg: Config, ctx: Context | None = None):
     dist = Distribution(ctx, levels, axes)
     device = select_device(ctx, cfg.training.device)
     model = FBPINN(problem, levels, cfg.network.hidden, cfg.network.activation, gen, dtype, held=dist.held,
-                   device=device)
+                   device=device, input_scale=cfg.network.input_scale)
     problem.to(device)
     dist.attach(model.nets)
     return problem, model, gen, dist

@@ -108,12 +108,17 @@ class Wave1dParams(SourceParams):
     width: float = 0.1  # standard deviation w of the initial pulse
     t_max: float = 2.0
     sigma: float = 0.1  # time over which the ansatz hands over from the initial pulse to the network
+    ansatz: str = "pulse"  # pulse | taylor: what the ansatz carries from the initial data (module docstring)
+    fade: float = 0.2  # taylor: time over which the Taylor expansion fades out
 
     def validate(self):
-        bad = (super().validate() or self.first_not_positive("c", "width", "t_max", "sigma")
-               or self.first_out_of_range(1 / SCALE, SCALE, "c", "width", "t_max", "sigma") or self.check_source())
+        bad = (super().validate() or self.first_not_positive("c", "width", "t_max", "sigma", "fade")
+               or self.first_out_of_range(1 / SCALE, SCALE, "c", "width", "t_max", "sigma", "fade")
+               or self.check_source())
         if bad:
             return bad
+        if self.ansatz not in ANSATZES:
+            return "ansatz", f"must be one of {', '.join(ANSATZES)}, got {self.ansatz!r}"
         width, what = (self.width, "width") if self.source == "pulse" else (self.source_width, "source_width")
         if not -1 + 6 * width <= self.x0 <= 1 - 6 * width:
             return "x0", (f"must keep the {self.source} clear of the walls: |x0| <= 1 - 6 {what} = "
@@ -138,19 +143,29 @@ class Wave1d(Problem):
     def hi(self):
         return (1.0, self.p.t_max)
 
-    def _pulse(self, x):
-        """The initial pulse extended oddly about x = -1 and x = 1 (period 4)."""
+    def _pulse(self, x, curvature: bool = False):
+        """The initial pulse extended oddly about x = -1 and x = 1 (period 4); with ``curvature``,
+        its second derivative instead."""
         s = torch.remainder(x + 1, 4.0) - 1  # in [-1, 3)
         mirrored = s > 1
         s = torch.where(mirrored, 2 - s, s)  # reflect [1, 3) onto (-1, 1]
-        g = torch.exp(-0.5 * ((s - self.p.x0) / self.p.width) ** 2)
+        z = (s - self.p.x0) / self.p.width
+        g = torch.exp(-0.5 * z * z)
+        if curvature:
+            g = g * (z * z - 1) / self.p.width**2
         return torch.where(mirrored, -g, g)
 
     def constraint(self, x):
-        ramp = torch.tanh(x[:, 1] / self.p.sigma) ** 2
+        t = x[:, 1]
+        ramp = torch.tanh(t / self.p.sigma) ** 2
+        walls = 1 - x[:, 0] ** 2
         if self.source is not None:  # a quiet start: nothing to carry
-            return torch.zeros_like(ramp), ramp * (1 - x[:, 0] ** 2)
-        return (1 - ramp) * self._pulse(x[:, 0]), ramp * (1 - x[:, 0] ** 2)
+            return torch.zeros_like(ramp), ramp * walls
+        if self.p.ansatz == "taylor":  # u0 + t^2/2 c^2 u0'', faded out, as wave2d's
+            fade = torch.exp(-((t / self.p.fade) ** 4))
+            taylor = self._pulse(x[:, 0]) + 0.5 * t * t * self.p.c**2 * self._pulse(x[:, 0], curvature=True)
+            return fade * taylor, ramp * walls
+        return (1 - ramp) * self._pulse(x[:, 0]), ramp * walls
 
     @property
     def source(self) -> sources.PointSource | None:

@@ -2,7 +2,8 @@
 
 A checkpoint holds, assembled from all ranks into full stacked arrays: the parameters
 of every level, Adam's moments and step counts, the problem's learned constants and
-their optimiser state, the sampler's random state, the step, and the training history
+their optimiser state, in the final L-BFGS phase (``training.lbfgs_steps``) the L-BFGS state
+(group ``/lbfgs``: the kept pairs, the previous parameters and gradient), the sampler's random state, the step, and the training history
 so far; for a problem from a config's ``problem.module``, that module's path and the SHA-256
 of its source, which a resumed run compares with its own (:func:`check_compatible`); and the
 run's provenance up to the checkpoint's step (:mod:`fbpinn.provenance`, group ``/provenance``:
@@ -74,7 +75,9 @@ def listing(folder) -> list[tuple[int, Path]]:
 # A state is the dict of :meth:`fbpinn.trainer.Trainer.state_dict`: "step", "stage", "arrays"
 # ("parameters/<key>", "exp_avg/<key>", "exp_avg_sq/<key>" -> full array), "adam_steps" (<key> -> count),
 # "sampler_state", "torch_state", "history", "loss_per_step", "wall_time", "n_ranks", "config" (TOML),
-# "term_names", "problem_module", "problem_module_sha256" and "provenance"; <key> is a model parameter's
+# "term_names", "problem_module", "problem_module_sha256", "provenance" and "lbfgs" (None before the L-BFGS
+# phase, else {"arrays": {"s<k>/<key>", "y<k>/<key>", "prev_x/<key>", "prev_g/<key>" -> full array},
+# "rho", "pairs", "steps", "gamma"}); <key> is a model parameter's
 # key (fbpinn.model.parameter_key) or "problem/<name>" for a learned constant.
 
 
@@ -83,7 +86,9 @@ def write(path, state: dict) -> Path:
 
     A state whose parameters, Adam moments or step counts are not all finite is refused
     (:class:`CheckpointError`): a checkpoint of a run that has already failed is never written."""
-    for key, value in [*state["arrays"].items(), *state["adam_steps"].items()]:
+    quasi = state.get("lbfgs")
+    lbfgs_arrays = [(f"lbfgs/{k}", v) for k, v in quasi["arrays"].items()] if quasi else []
+    for key, value in [*state["arrays"].items(), *state["adam_steps"].items(), *lbfgs_arrays]:
         if not np.isfinite(np.asarray(value)).all():
             raise CheckpointError(f"{path}: not written, {key} is not finite")
 
@@ -106,6 +111,12 @@ def write(path, state: dict) -> Path:
             f[f"{group}/{name}"] = arr
         for key, n in state["adam_steps"].items():
             f[f"adam/steps/{key}"] = n
+        if quasi:  # the L-BFGS phase has begun
+            for path, arr in lbfgs_arrays:
+                f[path] = arr
+            f["lbfgs/rho"] = np.asarray(quasi["rho"], dtype=np.float64)
+            for name in LBFGS_ATTRIBUTES:
+                f["lbfgs/rho"].attrs[name] = quasi[name]
         f["rng/sampler"] = state["sampler_state"]
         f["rng/torch"] = state["torch_state"]
         history.write(f.create_group("history"), state["history"], state["loss_per_step"], state["term_names"],
@@ -211,6 +222,37 @@ def _layout(cfg) -> dict:
     return out
 
 
+LBFGS_ATTRIBUTES = ("pairs", "steps", "gamma")  # of /lbfgs/rho: pairs kept, L-BFGS steps taken, H0 = gamma I
+
+
+def _lbfgs_layout(f: h5py.File, cfg, step: int, expected: dict) -> tuple[dict, dict]:
+    """Path -> (shape, dtype) of the L-BFGS datasets of a checkpoint of ``cfg`` at ``step`` (none
+    before the phase's first step), and the attributes of /lbfgs/rho: K = its ``pairs`` pairs of
+    ``lbfgs/s<k>/<key>``, ``lbfgs/y<k>/<key>``, and ``lbfgs/prev_x/<key>``, ``lbfgs/prev_g/<key>``,
+    each shaped like ``parameters/<key>`` (in ``expected``), and ``lbfgs/rho`` (K,) float64."""
+    tr = cfg.training
+    if not (tr.lbfgs_steps and step > tr.steps - tr.lbfgs_steps):
+        return {}, {}
+    ds = f.get("lbfgs/rho")
+    if not isinstance(ds, h5py.Dataset):
+        raise _Damage(f"dataset lbfgs/rho is missing (step {step} lies in the L-BFGS phase of the last "
+                      f"training.lbfgs_steps = {tr.lbfgs_steps} of {tr.steps} steps)")
+    attrs = {}
+    for name, kind, low, high in (("pairs", int, 0, tr.lbfgs_history), ("steps", int, 1, step),
+                                  ("gamma", float, 0.0, math.inf)):
+        value = _plain(ds.attrs[name]) if name in ds.attrs else None
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+        if not ok or not (math.isfinite(value) and low <= value <= high) or (name == "gamma" and value <= 0):
+            raise _Damage(f"attribute {name} of lbfgs/rho = {value!r} is not a valid value")
+        attrs[name] = value
+    out = {"lbfgs/rho": ((attrs["pairs"],), np.dtype("float64"))}
+    names = ["prev_x", "prev_g", *(f"{v}{k}" for k in range(attrs["pairs"]) for v in "sy")]
+    for path, layout in expected.items():
+        if path.startswith("parameters/"):
+            out.update({f"lbfgs/{name}/{path[len('parameters/'):]}": layout for name in names})
+    return out, attrs
+
+
 STRING = "fixed-length string"  # an expected dtype (in _layout's sense): any fixed-length bytes
 
 
@@ -303,6 +345,8 @@ def _verify(f: h5py.File) -> dict:
     dims = {"E": n_eval, "T": len(term_names), "F": _n_fields(cfg), "S": step}
     for name, dtype, shape in (*history.FIELDS, *([history.PER_FIELD] if dims["F"] > 1 else []), history.PER_STEP):
         expected[f"history/{name}"] = (tuple(dims[d] for d in shape), np.dtype(dtype))
+    lbfgs_expected, lbfgs_attrs = _lbfgs_layout(f, cfg, step, expected)
+    expected.update(lbfgs_expected)
     if provenance.GROUP in f:
         expected.update(_provenance_layout(f, datasets, n_ranks))
     missing, extra = sorted(set(expected) - set(datasets)), sorted(set(datasets) - set(expected))
@@ -328,7 +372,7 @@ def _verify(f: h5py.File) -> dict:
     if _state_digest(f, datasets) != digest:
         raise _Damage("the checksum of the stored state (attributes, dataset shapes and checksums) does not match")
     for path, value in data.items():
-        if path.startswith(("parameters/", "adam/")) and not np.isfinite(value).all():
+        if path.startswith(("parameters/", "adam/", "lbfgs/")) and not np.isfinite(value).all():
             raise _Damage(f"{path} is not finite")
     record = None
     if provenance.GROUP in f:
@@ -339,6 +383,7 @@ def _verify(f: h5py.File) -> dict:
                           f"rank(s), the checkpoint is at step {step} of {n_ranks} rank(s)")
     return {"cfg": cfg, "data": data, "step": step, "stage": stage, "n_ranks": n_ranks, "wall_time": wall_time,
             "config": text, "term_names": term_names, "digest": digest, "provenance": record, **module,
+            "lbfgs": lbfgs_attrs,
             "fbpinn_version": str(_plain(f.attrs.get("fbpinn_version", ""))),
             "written": str(_plain(f.attrs.get("written", "")))}
 
@@ -371,11 +416,16 @@ def read(path) -> dict:
             arrays[f"{group}/{rest}"] = value
     steps = {p[len("adam/steps/"):]: float(value) for p, value in data.items() if p.startswith("adam/steps/")}
     hist, loss_per_step = history.read({p[len("history/"):]: a for p, a in data.items() if p.startswith("history/")})
+    quasi = None
+    if v["lbfgs"]:  # the L-BFGS phase had begun
+        quasi = {**v["lbfgs"], "rho": data["lbfgs/rho"],
+                 "arrays": {p[len("lbfgs/"):]: a for p, a in data.items() if p.startswith("lbfgs/") and p != "lbfgs/rho"}}
     return {"step": v["step"], "stage": v["stage"], "arrays": arrays, "adam_steps": steps,
             "sampler_state": data["rng/sampler"], "torch_state": data["rng/torch"], "history": hist,
             "loss_per_step": loss_per_step, "wall_time": float(v["wall_time"]),
             "n_ranks": v["n_ranks"], "config": v["config"], "term_names": v["term_names"], "digest": v["digest"],
-            "provenance": v["provenance"], **{k: v[k] for k in (*MODULE_ATTRIBUTES, "fbpinn_version", "written")}}
+            "provenance": v["provenance"], "lbfgs": quasi,
+            **{k: v[k] for k in (*MODULE_ATTRIBUTES, "fbpinn_version", "written")}}
 
 
 def check_compatible(state: dict, cfg, path, allow_module_change: bool = False) -> None:
@@ -410,6 +460,9 @@ def all_finite(trainer) -> bool:
     """Whether every rank's parameters and Adam moments are finite (collective)."""
     opt = trainer.optimizer
     tensors = [t for _, t, _ in trainer.named_tensors()] + list(opt.exp_avg) + list(opt.exp_avg_sq)
+    quasi = getattr(trainer, "lbfgs", None)
+    if quasi is not None and quasi.prev_x is not None:
+        tensors += [t for ts in (quasi.prev_x, quasi.prev_g, *quasi.s, *quasi.y) for t in ts]
     bad = sum(int(not torch.isfinite(t).all()) for t in tensors)
     return float(trainer.ctx.allreduce(np.array([float(bad)]))[0]) == 0.0
 

@@ -118,6 +118,9 @@ class TrainingConfig:
     device: str = "auto"  # auto: one GPU per rank where CUDA exists, else cpu; or "cpu", "cuda"
     causal: float = 0.0  # causal weighting of the residual along t: epsilon (0: off)
     causal_bins: int = 32  # time bins of the causal weights
+    lbfgs_steps: int = 0  # the last this many of the steps use L-BFGS instead of Adam (0: Adam only)
+    lbfgs_history: int = 10  # L-BFGS: (s, y) pairs kept
+    lbfgs_lr: float = 1.0  # L-BFGS: step length
 
 
 @dataclass
@@ -452,6 +455,7 @@ def _validate(cfg: Config, problem_cls) -> None:
     if tr.causal and (len(problem_cls.axes) < 2 or problem_cls.axes[-1] != "t"):
         raise ConfigError("training.causal", f"weights the residual along t: needs a problem whose last axis is t; "
                           f"{cfg.problem_name!r} has axes {', '.join(problem_cls.axes)}")
+    _validate_lbfgs(cfg)
     if len(tr.points) != dim or any(n < 1 for n in tr.points):
         raise ConfigError("training.points", f"must list {dim} positive count(s), one per axis {problem_cls.axes}, got {_show(tr.points)}")
     _in_range("training.points", math.prod(tr.points), 1, POINTS_MAX, "the product of the counts")
@@ -482,6 +486,27 @@ def _validate(cfg: Config, problem_cls) -> None:
                   "the product of the counts")
     _validate_receivers(cfg, problem_cls)
     _validate_derivatives(cfg, problem_cls)
+
+
+LBFGS_HISTORY_MAX = 1000  # (s, y) pairs L-BFGS keeps
+LBFGS_LR_MAX = 10.0  # L-BFGS step length
+
+
+def _validate_lbfgs(cfg: Config) -> None:
+    """The final L-BFGS phase: its length below training.steps, its history and step length in range,
+    and no time-marching schedule (each stage starts a fresh optimiser)."""
+    tr = cfg.training
+    if tr.lbfgs_steps < 0 or tr.lbfgs_steps >= tr.steps:
+        raise ConfigError("training.lbfgs_steps", f"must lie in 0..training.steps - 1 = {tr.steps - 1} (the last "
+                          f"lbfgs_steps steps use L-BFGS after Adam; 0: Adam only), got {_show(tr.lbfgs_steps)}")
+    _in_range("training.lbfgs_history", tr.lbfgs_history, 1, LBFGS_HISTORY_MAX, "(s, y) pairs kept")
+    if not 0 < tr.lbfgs_lr <= LBFGS_LR_MAX:
+        raise ConfigError("training.lbfgs_lr", f"must lie in (0, {LBFGS_LR_MAX:g}] (the step length of L-BFGS, "
+                          f"1 for a full quasi-Newton step), got {tr.lbfgs_lr}")
+    if tr.lbfgs_steps and cfg.schedule.kind == "time_marching":
+        raise ConfigError("training.lbfgs_steps", "an L-BFGS phase cannot follow schedule.kind = \"time_marching\" "
+                          "(each stage trains other subdomains); set training.lbfgs_steps = 0 or schedule.kind = "
+                          "\"all_active\"")
 
 
 RECEIVERS_MAX = 100_000  # receivers of a run

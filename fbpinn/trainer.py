@@ -32,7 +32,7 @@ from .decomposition import config_levels
 from .derivatives import parse
 from .domains import sample
 from .model import FBPINN, parameter_key, stacked_parameters
-from .optim import Adam
+from .optim import LBFGS, Adam
 from .parallel import Context, Distribution, configure_threads as parallel_threads, select_device
 from .problems import Derivs, Term
 from .signals import received, stop_signals
@@ -162,6 +162,8 @@ class Trainer:
         self.resample()
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
         self.optimizer = Adam(self.params, lr=tr.lr)
+        self._dot_rows, self._dot_size = None, 0  # see global_dot
+        self.lbfgs = None  # the LBFGS of the final phase (training.lbfgs_steps), once it has begun
         # This rank's box of the test grid (the whole grid on one process); no rank builds the whole grid.
         self.test_offset, self.test_shape, self.x_test = self._test_block()  # x_test: (n_local, d) float64
         self.n_fields = len(self.problem.fields)
@@ -320,10 +322,15 @@ class Trainer:
         entering = self.schedule.stage_of(step) != self.stage.index
         if entering:
             self._enter(self.schedule.stage_of(step))
+        quasi_newton = self.in_lbfgs_phase(step)
+        if quasi_newton and self.lbfgs is None:
+            self.lbfgs = self._new_lbfgs()
+            logger.info("L-BFGS from step %d to %d (history %d, step length %g, no line search); the collocation "
+                        "points are no longer redrawn", step, tr.steps, tr.lbfgs_history, tr.lbfgs_lr)
         t0 = time.perf_counter()
         self.bytes_sent += self.dist.refresh_halo()  # before preparing: frozen halo subdomains are summed then
         t1 = time.perf_counter()
-        if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0:
+        if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0 and not quasi_newton:
             self.resample()
         elif entering:
             self._prepare_terms()
@@ -338,13 +345,58 @@ class Trainer:
         t2 = time.perf_counter()
         self.bytes_sent += self.dist.reduce_gradients(self.model.nets, self.problem.parameters().values())
         t3 = time.perf_counter()
-        self.optimizer.step()
+        if quasi_newton:
+            self.lbfgs.step()
+            lr = self.lbfgs.last_t
+        else:
+            self.optimizer.step()
         t4 = time.perf_counter()
         # The terms summed over ranks, and whether any rank was asked to stop (one reduction for both).
         summed = self.ctx.allreduce(np.append(parts.detach().double().cpu().numpy(), float(received() > 0)))
         parts, self.stop_agreed = summed[:-1], bool(summed[-1] > 0)
         self.comm_seconds += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
         return float(parts.sum()), parts, lr
+
+    def in_lbfgs_phase(self, step: int) -> bool:
+        """Whether ``step`` belongs to the final L-BFGS phase (the last ``training.lbfgs_steps`` steps)."""
+        n = self.cfg.training.lbfgs_steps
+        return n > 0 and step > self.cfg.training.steps - n
+
+    def _new_lbfgs(self) -> LBFGS:
+        tr = self.cfg.training
+        return LBFGS(self.params, lr=tr.lbfgs_lr, history=tr.lbfgs_history, dot=self.global_dot)
+
+    def global_dot(self, a, b) -> float:
+        """The inner product of two lists of tensors shaped like ``self.params``, over the whole model,
+        equal on every rank and bitwise equal to a one-process run's: each subdomain's part (a row of a
+        stacked tensor) is summed by the one rank that owns it (rank 0 for the replicated levels and the
+        learned constants) into its place in a vector of all subdomains, the vector is summed over the
+        ranks in one reduction (each entry has one contributor, so the reduction adds only zeros), and
+        every rank adds up its entries in the same order (in float64)."""
+        if self._dot_rows is None:
+            levels = {id(t): level for _, t, level in self.named_tensors()}
+            self._dot_rows, offset = [], 0
+            for p in self.params:
+                level = levels[id(p)]
+                if level is None:  # a learned constant: one entry, filled by rank 0
+                    slots = None if self.ctx.rank == 0 else torch.zeros(0, dtype=torch.long)
+                    ids, size = torch.zeros(1 if slots is None else 0, dtype=torch.long), 1
+                else:
+                    net = self.model.nets[level]
+                    slots = self.dist.owned_slots(level, net)
+                    ids, size = net.held[slots], self.model.levels[level].n_subdomains
+                self._dot_rows.append((slots, (ids + offset).to(self.model.device)))
+                offset += size
+            self._dot_size = offset
+        parts = torch.zeros(self._dot_size, dtype=torch.float64, device=self.model.device)
+        for x, y, (slots, ids) in zip(a, b, self._dot_rows):
+            if slots is None:
+                parts[ids] = torch.sum(x.double() * y.double())
+            elif len(slots):
+                rows = slots.to(x.device)
+                parts[ids] = (x[rows].double() * y[rows].double()).reshape(len(rows), -1).sum(1)
+        summed = self.ctx.allreduce(parts.cpu().numpy())
+        return float(torch.from_numpy(summed).sum())
 
     def _test_block(self, points=None):
         """Offset and shape of this rank's box of the test grid (or of the grid of ``points`` per
@@ -508,17 +560,21 @@ class Trainer:
         provenance.  Independent of the number of ranks; :mod:`fbpinn.checkpoint` writes it."""
         opt = self.optimizer
         index = {id(p): i for i, p in enumerate(opt.params)}
-        arrays, steps = {}, {}
+        quasi = self.lbfgs.state_dict() if self.lbfgs is not None and self.in_lbfgs_phase(step) else None
+        arrays, steps, lbfgs_arrays = {}, {}, {}
         for level, net in enumerate(self.model.nets):
-            tensors = {}
+            tensors, extra = {}, {}
             for key, t, lv in self.named_tensors():
                 if lv == level:
                     i = index[id(t)]
                     tensors.update({f"parameters/{key}": t, f"exp_avg/{key}": opt.exp_avg[i],
                                     f"exp_avg_sq/{key}": opt.exp_avg_sq[i]})
+                    extra.update(_lbfgs_tensors(quasi, key, i))
                     steps[key] = float(opt.steps[i])
-            full = self.dist.gather_stacked(level, net, tensors)
-            arrays.update(full or {})
+            full = self.dist.gather_stacked(level, net, {**tensors, **extra})
+            if full is not None:
+                arrays.update({k: full[k] for k in tensors})
+                lbfgs_arrays.update({k: full[k] for k in extra})
         if self.ctx.rank != 0:
             return None
         for key, t, lv in self.named_tensors():
@@ -527,13 +583,17 @@ class Trainer:
                 arrays.update({f"parameters/{key}": t.detach().cpu().numpy(),
                                f"exp_avg/{key}": opt.exp_avg[i].cpu().numpy(),
                                f"exp_avg_sq/{key}": opt.exp_avg_sq[i].cpu().numpy()})
+                lbfgs_arrays.update({k: v.detach().cpu().numpy() for k, v in _lbfgs_tensors(quasi, key, i).items()})
                 steps[key] = float(opt.steps[i])
         cfg = self.cfg
+        lbfgs_state = None if quasi is None else {
+            "arrays": lbfgs_arrays, "rho": np.asarray(quasi["rho"], dtype=np.float64), "pairs": len(quasi["rho"]),
+            "steps": quasi["steps"], "gamma": float(quasi["gamma"])}
         return {"step": step, "stage": self.stage.index, "arrays": arrays, "adam_steps": steps,
                 "sampler_state": self.sample_state.numpy(), "torch_state": torch.get_rng_state().numpy(),
                 "history": history.copy(self.history), "loss_per_step": list(self.loss_per_step),
                 "wall_time": self.wall_time(), "n_ranks": self.ctx.size, "config": to_toml(cfg),
-                "term_names": list(self.term_names), "fields": tuple(self.problem.fields),
+                "term_names": list(self.term_names), "fields": tuple(self.problem.fields), "lbfgs": lbfgs_state,
                 "problem_module": cfg.problem_module,
                 "problem_module_sha256": cfg.problem_module_sha256,
                 "provenance": provenance.closed(self.provenance, step)}
@@ -542,8 +602,6 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         """Go on from a state of :meth:`state_dict` (written by any number of ranks): the schedule's
         stage, parameters, optimiser state, collocation points, random states and history."""
-        from .checkpoint import CheckpointError
-
         index = self.schedule.stage_of(state["step"])
         if index != self.stage.index:
             self._enter(index)
@@ -554,15 +612,10 @@ class Trainer:
             i = position[id(t)]
             rows = None if level is None else self.model.nets[level].held.numpy()
             for dst, kind in ((t, "parameters"), (opt.exp_avg[i], "exp_avg"), (opt.exp_avg_sq[i], "exp_avg_sq")):
-                src = arrays.get(f"{kind}/{key}")
-                if src is None:
-                    raise CheckpointError(f"checkpoint has no {kind}/{key}")
-                src = np.asarray(src) if level is None else np.asarray(src)[rows]
-                if tuple(src.shape) != tuple(dst.shape):
-                    raise CheckpointError(f"checkpoint {kind}/{key} has shape {src.shape}, the model "
-                                          f"{tuple(dst.shape)}")
+                src = _held_rows(arrays.get(f"{kind}/{key}"), f"{kind}/{key}", rows, dst)
                 dst.copy_(torch.from_numpy(src).to(dst.device, dst.dtype))
             opt.steps[i].fill_(state["adam_steps"][key])
+        self._load_lbfgs(state)
         # The points drawn at the last resampling before the checkpoint, prepared with the restored
         # parameters (a time-marching batch holds the frozen subdomains' part of the solution).
         self.gen.set_state(torch.from_numpy(np.asarray(state["sampler_state"], dtype=np.uint8)))
@@ -573,6 +626,29 @@ class Trainer:
         self.term_names = list(state["term_names"])
         self._elapsed, self._t0 = float(state["wall_time"]), None
         self.first_step = state["step"] + 1
+
+    def _load_lbfgs(self, state: dict) -> None:
+        """The L-BFGS phase's state from a checkpoint's ``state["lbfgs"]`` (this rank's rows of the full
+        arrays), where the checkpoint's step lies in this run's L-BFGS phase; else no L-BFGS yet (a
+        run whose training.steps moved the phase later goes on with Adam)."""
+        quasi = state.get("lbfgs")
+        self.lbfgs = None
+        if quasi is None or not self.in_lbfgs_phase(state["step"]):
+            return
+        pairs = int(quasi["pairs"])
+        per_key = {}
+        for key, t, level in self.named_tensors():
+            rows = None if level is None else self.model.nets[level].held.numpy()
+            for name in ["prev_x", "prev_g", *(f"{v}{k}" for k in range(pairs) for v in "sy")]:
+                src = _held_rows(quasi["arrays"].get(f"{name}/{key}"), f"lbfgs/{name}/{key}", rows, t)
+                per_key.setdefault(name, {})[id(t)] = torch.from_numpy(src)
+        tensors = lambda name: [per_key[name][id(p)] for p in self.params]  # noqa: E731
+        self.lbfgs = self._new_lbfgs()
+        self.lbfgs.load_state_dict({
+            "lr": self.cfg.training.lbfgs_lr, "history": self.cfg.training.lbfgs_history,
+            "s": [tensors(f"s{k}") for k in range(pairs)], "y": [tensors(f"y{k}") for k in range(pairs)],
+            "rho": list(np.asarray(quasi["rho"], dtype=np.float64)), "gamma": float(quasi["gamma"]),
+            "prev_x": tensors("prev_x"), "prev_g": tensors("prev_g"), "steps": int(quasi["steps"])})
 
     # ------------------------------------------------------------------ training
     def run(self, checkpoints=None, resume: dict | None = None) -> Run:
@@ -723,6 +799,30 @@ class Trainer:
             logger.info("time-marching: %d slabs of %d steps%s; %s", self.schedule.slabs,
                         self.schedule.steps_per_slab,
                         f", then {rest} steps with all subdomains" if rest else "", self.stage.text)
+
+
+def _held_rows(full, name: str, rows, like: torch.Tensor) -> np.ndarray:
+    """This rank's ``rows`` (None: all) of a checkpoint's full array ``full`` called ``name``, checked
+    to have the shape of ``like``; CheckpointError where it is missing or of another shape."""
+    from .checkpoint import CheckpointError
+
+    if full is None:
+        raise CheckpointError(f"checkpoint has no {name}")
+    src = np.asarray(full) if rows is None else np.asarray(full)[rows]
+    if tuple(src.shape) != tuple(like.shape):
+        raise CheckpointError(f"checkpoint {name} has shape {src.shape}, the model {tuple(like.shape)}")
+    return src
+
+
+def _lbfgs_tensors(quasi: dict | None, key: str, i: int) -> dict:
+    """The L-BFGS state of parameter tensor ``i`` (key ``key``) by name (``s<k>/<key>``, ``y<k>/<key>``,
+    ``prev_x/<key>``, ``prev_g/<key>``), from an :meth:`fbpinn.optim.LBFGS.state_dict`; {} without one."""
+    if quasi is None:
+        return {}
+    out = {f"prev_x/{key}": quasi["prev_x"][i], f"prev_g/{key}": quasi["prev_g"][i]}
+    for k, (s, y) in enumerate(zip(quasi["s"], quasi["y"])):
+        out.update({f"s{k}/{key}": s[i], f"y{k}/{key}": y[i]})
+    return out
 
 
 class Stopped(Exception):

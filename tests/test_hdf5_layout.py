@@ -207,7 +207,8 @@ def runs(tmp_path_factory):
     snapshots), a system of two fields, and, under MPI, a 2-rank run with per-rank output."""
     tmp = tmp_path_factory.mktemp("layout")
     tiny = {"steps": 10, "eval_every": 5}
-    inverse = write_toml({**INVERSE, "training": {**INVERSE["training"], **tiny},
+    # The inverse run's last 3 steps use L-BFGS: its checkpoint at step 10 holds the L-BFGS state.
+    inverse = write_toml({**INVERSE, "training": {**INVERSE["training"], **tiny, "lbfgs_steps": 3},
                           "test": {"points": [11]}, "checkpoint": {"every": 5}, "output": {"snapshot_every": 5}},
                          tmp / "inverse.toml")
     lotka = write_toml({**LOTKA, "training": {**LOTKA["training"], **tiny}, "checkpoint": {"every": 10}},
@@ -215,6 +216,8 @@ def runs(tmp_path_factory):
     for cfg, out in [(inverse, "inverse"), (lotka, "lotka")]:
         proc = run_cli("train", cfg, "--out", tmp / out)
         assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp / "inverse/checkpoints/step_000000010.h5") as f:
+        assert f["lbfgs/rho"].attrs["pairs"] >= 1 and "lbfgs/s0/problem/mu" in f
     return tmp
 
 
@@ -293,6 +296,8 @@ def test_the_layout_is_read_from_the_tables(layout):
     assert not documented("checkpoints/step_<step>.h5", "attribute", "sha256", "adam", False)  # datasets only
     assert documented("checkpoints/step_<step>.h5", "dataset", "provenance/segments/n_ranks")  # as in run.h5
     assert documented("checkpoints/step_<step>.h5", "attribute", "torch_version", "provenance")
+    assert documented("checkpoints/step_<step>.h5", "dataset", "lbfgs/y12/problem/mu")
+    assert documented("checkpoints/step_<step>.h5", "attribute", "pairs", "lbfgs/rho")
     assert not documented("snapshots.h5", "dataset", "solution/p") and documented("snapshots.h5", "dataset", "v")
     assert not documented("snapshots.h5", "dataset", "u")  # not a field of this file
     assert len([e for e in run if e.required]) >= 30

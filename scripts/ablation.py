@@ -44,7 +44,7 @@ def parse_row(text: str) -> tuple[str, list[str]]:
     return name, [o.strip() for o in rest.split(";") if o.strip()]
 
 
-def run_row(study: str, name: str, overrides: list[str], threads: int) -> dict:
+def run_row(study: str, name: str, overrides: list[str], threads: int, jobs: int = 1) -> dict:
     """Train one row and return its record."""
     config = ROOT / "configs" / f"{study}.toml"
     out = ROOT / "results" / "ablation" / study / name.replace(" ", "_").replace("/", "_")
@@ -55,7 +55,7 @@ def run_row(study: str, name: str, overrides: list[str], threads: int) -> dict:
     wall = time.perf_counter() - t0
     shown = " ".join(["fbpinn train", f"configs/{study}.toml", *[f"--set {o}" for o in overrides]])
     record = {"study": study, "name": name, "command": shown, "overrides": overrides, "threads": threads,
-              "wall": wall, "returncode": proc.returncode, "date": date.today().isoformat()}
+              "jobs": jobs, "wall": wall, "returncode": proc.returncode, "date": date.today().isoformat()}
     if proc.returncode != 0:
         record["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return record
@@ -74,19 +74,19 @@ def table(study: str) -> list[str]:
     """The Markdown lines of a study's log."""
     log = ROOT / "results" / "ablation" / f"{study}.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
-    body = [f"Each row: the command, run with `--set training.threads=T` as `python scripts/ablation.py {study} ...` "
-            f"on {platform.machine()}, {os.cpu_count()} CPU cores (T and the number of rows run at once as given); "
-            "error: final relative L2 error on the test grid; traces: of the receivers' traces, where the "
-            "config has receivers; time: training time in the results file.", "",
-            "| row | command | threads | rel. L2 error | traces | time (s) | date |", "|---|---|---|---|---|---|---|"]
+    body = [f"Each row: the command, run with `--set training.threads=T` by `python scripts/ablation.py {study} ... "
+            f"--jobs J --threads T` on {platform.machine()}, {os.cpu_count()} CPU cores, J rows at once; error: final "
+            "relative L2 error on the test grid; traces: of the receivers' traces, where the config has receivers; "
+            "time: training time in the results file (J rows sharing the cores: compare times within a study).", "",
+            "| row | command | T x J | rel. L2 error | traces | time (s) | date |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("returncode"):
-            body.append(f"| {r['name']} | `{r['command']}` | {r['threads']} | failed: {r.get('error', '?')} | | | "
-                        f"{r['date']} |")
+            body.append(f"| {r['name']} | `{r['command']}` | {r['threads']} x {r.get('jobs', 1)} | failed: "
+                        f"{r.get('error', '?')} | | | {r['date']} |")
             continue
         traces = f"{r['traces_rel_l2']:.2e}" if "traces_rel_l2" in r else ""
-        body.append(f"| {r['name']} | `{r['command']}` | {r['threads']} | {r['rel_l2']:.2e} | {traces} | "
-                    f"{r['train_time']:.0f} | {r['date']} |")
+        body.append(f"| {r['name']} | `{r['command']}` | {r['threads']} x {r.get('jobs', 1)} | {r['rel_l2']:.2e} | "
+                    f"{traces} | {r['train_time']:.0f} | {r['date']} |")
     return body
 
 
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         rows = [parse_row(r) for r in args.rows]
 
         def one(row):
-            record = run_row(args.study, *row, args.threads)
+            record = run_row(args.study, *row, args.threads, args.jobs)
             with open(log, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             print(json.dumps(record), flush=True)

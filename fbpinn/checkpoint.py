@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from . import __version__, history, provenance
-from .config import load_config, to_dict, to_toml
+from .config import load_config, to_dict
 from .io import write_atomic
 from .model import parameter_key
 

@@ -338,8 +338,6 @@ def cmd_compare(args) -> int:
 
 def cmd_eval(args) -> int:
     """Evaluate a results file's or checkpoint's model at points (a file or a grid) into HDF5 or CSV."""
-    import numpy as np
-
     from . import checkpoint
     from .solution import Solution
 

@@ -19,6 +19,17 @@ def make_config(problem: dict, subdomains, hidden=(16,), steps=100, points=None,
     })
 
 
+def config_error(data: dict, *overrides: str) -> str:
+    """The message of the ConfigError that ``data`` with ``overrides`` raises (the test fails if none)."""
+    import pytest
+
+    from fbpinn.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        fbpinn.load_config(data=data, overrides=list(overrides))
+    return str(e.value)
+
+
 def blow_up_at(monkeypatch, step: int) -> None:
     """Make training's parameters NaN just before ``step``, as if an update had blown up."""
     from fbpinn.trainer import Trainer

@@ -2,7 +2,6 @@
 way by the PINN (torch) and the finite-difference reference (NumPy), checked on load."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import h5py
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 import fbpinn
-from fbpinn import checkpoint as ckpt
 from fbpinn.cli import main
 from fbpinn.config import ConfigError
 from fbpinn.media import GriddedSpeed, MediumError, load

@@ -4,7 +4,6 @@ equal under MPI to the serial run, drawn as a shot gather, and evaluated again b
 import h5py
 import numpy as np
 import pytest
-import torch
 
 import fbpinn
 from fbpinn import sources

@@ -9,7 +9,7 @@ import torch
 import fbpinn
 from fbpinn import registry, sources
 from fbpinn.cli import main
-from fbpinn.config import ConfigError
+from conftest import config_error
 from fbpinn.reference import wave as fd
 from test_checkpoint import resumed_equals_whole, same
 from test_parallel import mpirun, needs_mpi, write_toml
@@ -74,9 +74,7 @@ def test_wave2d_source_reference_is_the_forced_solver():
     ("problem.x0=0.8", "problem.x0: must keep the ricker clear of the walls: |x0| <= 1 - 6 source_width = 0.7, got 0.8"),
 ])
 def test_source_options_are_validated(override, message):
-    with pytest.raises(ConfigError) as e:
-        fbpinn.load_config(data=WAVE1D, overrides=[override])
-    assert message in str(e.value)
+    assert message in config_error(WAVE1D, override)
 
 
 def test_wave1d_source_trains_and_resumes_exactly(tmp_path):

@@ -150,7 +150,7 @@ def solution_names(fields, target=None) -> list[tuple[str, str, str | None, str 
              None if not target else "error" if one else f"error_{f}") for f in fields]
 
 
-def _solution_arrays(u: np.ndarray, exact, fields, target) -> dict:
+def solution_arrays(u: np.ndarray, exact, fields, target) -> dict:
     """Dataset name -> array for fields stacked on the last axis of ``u`` (and ``exact`` or None)."""
     out = {}
     for i, (_, name, target_name, error_name) in enumerate(solution_names(fields, target if exact is not None
@@ -307,7 +307,7 @@ def write_part(path, block: dict) -> Path:
         u, exact, fields = block["u"], block["exact"], block.get("fields")
         if fields is None:  # one field u, without the trailing axis of fields
             u, exact, fields = u[..., None], None if exact is None else exact[..., None], ("u",)
-        for name, arr in _solution_arrays(u, exact, fields, block.get("target", "exact")).items():
+        for name, arr in solution_arrays(u, exact, fields, block.get("target", "exact")).items():
             f[name] = arr
 
     return write_atomic(Path(path).with_name(part_name(path, block["rank"])), fill)
@@ -377,7 +377,7 @@ def _fill(f: h5py.File, run, blocks=None, path=None) -> None:
     else:
         fields = (*shape, len(run.fields))
         exact = None if run.u_exact is None else np.asarray(run.u_exact, dtype=np.float64).reshape(fields)
-        for name, arr in _solution_arrays(np.asarray(run.u_test, dtype=np.float64).reshape(fields), exact,
+        for name, arr in solution_arrays(np.asarray(run.u_test, dtype=np.float64).reshape(fields), exact,
                                           run.fields, run.target).items():
             sol[name] = arr
     attach_scales(sol, run.axes)
@@ -412,7 +412,7 @@ def write_receivers(group, traces: dict, fields, axes) -> None:
         group.attrs["target"] = target
         if target == "reference":
             group.attrs["reference_method"] = traces["method"]
-    for name, arr in _solution_arrays(traces["u"], traces["target"], fields, target).items():
+    for name, arr in solution_arrays(traces["u"], traces["target"], fields, target).items():
         group[name] = arr
 
 

@@ -191,7 +191,7 @@ def checkpoint_results(path, chunk: int = 65536) -> dict:
     Raises :class:`fbpinn.checkpoint.CheckpointError` naming a damaged file."""
     from . import checkpoint
     from .history import NAMED
-    from .io import solution_names
+    from .io import solution_arrays
 
     path = Path(path)
     state = checkpoint.read(path)
@@ -206,10 +206,7 @@ def checkpoint_results(path, chunk: int = 65536) -> dict:
     exact = None if exact is None else exact.double().cpu().numpy().reshape(*grid, len(sol.fields))
     solution = {"attrs": {"target": "exact"} if exact is not None else {}}
     solution.update({f"axis_{a}": c.numpy() for a, c in zip(sol.axes, axes)})
-    for i, (_, name, target, error) in enumerate(solution_names(sol.fields, "exact" if exact is not None else None)):
-        solution[name] = u[..., i]
-        if target:
-            solution[target], solution[error] = exact[..., i], u[..., i] - exact[..., i]
+    solution.update(solution_arrays(u, exact, sol.fields, "exact"))
     lo, hi = sol.domain
     decomposition = {"attrs": {"n_levels": len(model.levels), "window": cfg.decomposition.window,
                                "overlap": cfg.decomposition.overlap, "domain_lo": np.asarray(lo),

@@ -2,7 +2,7 @@
 
 A checkpoint holds, assembled from all ranks into full stacked arrays: the parameters
 of every level, Adam's moments and step counts, the problem's learned constants and
-their optimiser state, in the final L-BFGS phase (``training.lbfgs_steps``) the L-BFGS state
+their optimiser state, in an L-BFGS phase (``training.lbfgs_steps``) the L-BFGS state
 (group ``/lbfgs``: the kept pairs, the previous parameters and gradient), the sampler's random state, the step, and the training history
 so far; for a problem from a config's ``problem.module``, that module's path and the SHA-256
 of its source, which a resumed run compares with its own (:func:`check_compatible`); and the
@@ -42,6 +42,7 @@ from . import __version__, history, provenance
 from .config import load_config, to_dict
 from .io import write_atomic
 from .model import parameter_key
+from .schedulers import in_lbfgs_phase
 
 logger = logging.getLogger(__name__)
 
@@ -227,16 +228,16 @@ LBFGS_ATTRIBUTES = ("pairs", "steps", "gamma")  # of /lbfgs/rho: pairs kept, L-B
 
 def _lbfgs_layout(f: h5py.File, cfg, step: int, expected: dict) -> tuple[dict, dict]:
     """Path -> (shape, dtype) of the L-BFGS datasets of a checkpoint of ``cfg`` at ``step`` (none
-    before the phase's first step), and the attributes of /lbfgs/rho: K = its ``pairs`` pairs of
+    outside an L-BFGS phase), and the attributes of /lbfgs/rho: K = its ``pairs`` pairs of
     ``lbfgs/s<k>/<key>``, ``lbfgs/y<k>/<key>``, and ``lbfgs/prev_x/<key>``, ``lbfgs/prev_g/<key>``,
     each shaped like ``parameters/<key>`` (in ``expected``), and ``lbfgs/rho`` (K,) float64."""
     tr = cfg.training
-    if not (tr.lbfgs_steps and step > tr.steps - tr.lbfgs_steps):
+    if not in_lbfgs_phase(cfg, step):
         return {}, {}
     ds = f.get("lbfgs/rho")
     if not isinstance(ds, h5py.Dataset):
-        raise _Damage(f"dataset lbfgs/rho is missing (step {step} lies in the L-BFGS phase of the last "
-                      f"training.lbfgs_steps = {tr.lbfgs_steps} of {tr.steps} steps)")
+        raise _Damage(f"dataset lbfgs/rho is missing (step {step} lies in an L-BFGS phase, the last "
+                      f"training.lbfgs_steps = {tr.lbfgs_steps} steps of the run or of its stage)")
     attrs = {}
     for name, kind, low, high in (("pairs", int, 0, tr.lbfgs_history), ("steps", int, 1, step),
                                   ("gamma", float, 0.0, math.inf)):

@@ -493,8 +493,8 @@ LBFGS_LR_MAX = 10.0  # L-BFGS step length
 
 
 def _validate_lbfgs(cfg: Config) -> None:
-    """The final L-BFGS phase: its length below training.steps, its history and step length in range,
-    and no time-marching schedule (each stage starts a fresh optimiser)."""
+    """The L-BFGS phase: its length below training.steps (with time-marching, below every stage's
+    steps: each stage ends with its own phase), its history and step length in range."""
     tr = cfg.training
     if tr.lbfgs_steps < 0 or tr.lbfgs_steps >= tr.steps:
         raise ConfigError("training.lbfgs_steps", f"must lie in 0..training.steps - 1 = {tr.steps - 1} (the last "
@@ -503,10 +503,15 @@ def _validate_lbfgs(cfg: Config) -> None:
     if not 0 < tr.lbfgs_lr <= LBFGS_LR_MAX:
         raise ConfigError("training.lbfgs_lr", f"must lie in (0, {LBFGS_LR_MAX:g}] (the step length of L-BFGS, "
                           f"1 for a full quasi-Newton step), got {tr.lbfgs_lr}")
-    if tr.lbfgs_steps and cfg.schedule.kind == "time_marching":
-        raise ConfigError("training.lbfgs_steps", "an L-BFGS phase cannot follow schedule.kind = \"time_marching\" "
-                          "(each stage trains other subdomains); set training.lbfgs_steps = 0 or schedule.kind = "
-                          "\"all_active\"")
+    sc = cfg.schedule
+    if tr.lbfgs_steps and sc.kind == "time_marching":
+        rest = tr.steps - sc.slabs * sc.steps_per_slab
+        shortest = min(sc.steps_per_slab, rest) if rest > 0 else sc.steps_per_slab
+        if tr.lbfgs_steps >= shortest:
+            raise ConfigError("training.lbfgs_steps", f"with schedule.kind = \"time_marching\" every stage ends "
+                              f"with its own L-BFGS phase, so it must be below the shortest stage's steps, "
+                              f"{shortest} (schedule.steps_per_slab = {sc.steps_per_slab}, {max(rest, 0)} steps "
+                              f"after the last slab), got {tr.lbfgs_steps}")
 
 
 RECEIVERS_MAX = 100_000  # receivers of a run

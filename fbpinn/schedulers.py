@@ -113,6 +113,24 @@ class TimeMarching:
         self.level.axes[self.t_axis].limit = stage.limit if stage.limit is not None else self.level.axes[self.t_axis].n
 
 
+def stage_end(cfg, step: int) -> int:
+    """The last step of the stage that holds the 1-based ``step``, from the config alone (the
+    checkpoint reader needs it without a model): ``training.steps``, or with time-marching the
+    slab's last step or, after the slabs, ``training.steps``."""
+    sc, steps = cfg.schedule, cfg.training.steps
+    if sc.kind != "time_marching":
+        return steps
+    index = (step - 1) // sc.steps_per_slab
+    return steps if index >= sc.slabs else min(steps, (index + 1) * sc.steps_per_slab)
+
+
+def in_lbfgs_phase(cfg, step: int) -> bool:
+    """Whether ``step`` uses L-BFGS: the last ``training.lbfgs_steps`` steps of its stage (the last of
+    the run unless time-marching)."""
+    n = cfg.training.lbfgs_steps
+    return n > 0 and step > stage_end(cfg, step) - n
+
+
 def build(cfg, levels, axes_names):
     """The scheduler a config asks for (``schedule.kind``)."""
     sc = cfg.schedule

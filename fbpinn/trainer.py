@@ -163,7 +163,7 @@ class Trainer:
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
         self.optimizer = Adam(self.params, lr=tr.lr)
         self._dot_rows, self._dot_size = None, 0  # see global_dot
-        self.lbfgs = None  # the LBFGS of the final phase (training.lbfgs_steps), once it has begun
+        self.lbfgs = None  # the LBFGS of the stage's final phase (training.lbfgs_steps), once it has begun
         # This rank's box of the test grid (the whole grid on one process); no rank builds the whole grid.
         self.test_offset, self.test_shape, self.x_test = self._test_block()  # x_test: (n_local, d) float64
         self.n_fields = len(self.problem.fields)
@@ -264,6 +264,7 @@ class Trainer:
         if self.test_batch is not None:
             self.test_batch = self.model.prepare(self.x_test)
         self.optimizer = Adam(self.params, lr=self.cfg.training.lr)
+        self.lbfgs = None  # each stage's L-BFGS phase starts afresh
 
     def _loss_impl(self):
         """Each term's part of the loss (T,), and with causal weighting the physics term's mean
@@ -326,7 +327,8 @@ class Trainer:
         if quasi_newton and self.lbfgs is None:
             self.lbfgs = self._new_lbfgs()
             logger.info("L-BFGS from step %d to %d (history %d, step length %g, no line search); the collocation "
-                        "points are no longer redrawn", step, tr.steps, tr.lbfgs_history, tr.lbfgs_lr)
+                        "points are not redrawn until then", step, schedulers.stage_end(self.cfg, step),
+                        tr.lbfgs_history, tr.lbfgs_lr)
         t0 = time.perf_counter()
         self.bytes_sent += self.dist.refresh_halo()  # before preparing: frozen halo subdomains are summed then
         t1 = time.perf_counter()
@@ -358,9 +360,8 @@ class Trainer:
         return float(parts.sum()), parts, lr
 
     def in_lbfgs_phase(self, step: int) -> bool:
-        """Whether ``step`` belongs to the final L-BFGS phase (the last ``training.lbfgs_steps`` steps)."""
-        n = self.cfg.training.lbfgs_steps
-        return n > 0 and step > self.cfg.training.steps - n
+        """Whether ``step`` uses L-BFGS (see :func:`fbpinn.schedulers.in_lbfgs_phase`)."""
+        return schedulers.in_lbfgs_phase(self.cfg, step)
 
     def _new_lbfgs(self) -> LBFGS:
         tr = self.cfg.training

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from . import __version__, history, provenance
-from .config import load_config, to_dict
+from .config import adaptive_count, load_config, to_dict
 from .io import write_atomic
 from .model import parameter_key
 from .schedulers import in_lbfgs_phase
@@ -75,7 +75,7 @@ def listing(folder) -> list[tuple[int, Path]]:
 # ----------------------------------------------------------------------------- state
 # A state is the dict of :meth:`fbpinn.trainer.Trainer.state_dict`: "step", "stage", "arrays"
 # ("parameters/<key>", "exp_avg/<key>", "exp_avg_sq/<key>" -> full array), "adam_steps" (<key> -> count),
-# "sampler_state", "torch_state", "history", "loss_per_step", "wall_time", "n_ranks", "config" (TOML),
+# "sampler_state", "torch_state", "adaptive" (None, or the candidates the last redraw chose), "history", "loss_per_step", "wall_time", "n_ranks", "config" (TOML),
 # "term_names", "problem_module", "problem_module_sha256", "provenance" and "lbfgs" (None before the L-BFGS
 # phase, else {"arrays": {"s<k>/<key>", "y<k>/<key>", "prev_x/<key>", "prev_g/<key>" -> full array},
 # "rho", "pairs", "steps", "gamma"}); <key> is a model parameter's
@@ -119,6 +119,8 @@ def write(path, state: dict) -> Path:
             for name in LBFGS_ATTRIBUTES:
                 f["lbfgs/rho"].attrs[name] = quasi[name]
         f["rng/sampler"] = state["sampler_state"]
+        if state.get("adaptive") is not None:
+            f["rng/adaptive"] = np.asarray(state["adaptive"], dtype=np.int64)
         f["rng/torch"] = state["torch_state"]
         history.write(f.create_group("history"), state["history"], state["loss_per_step"], state["term_names"],
                       state.get("fields") or problem_fields(load_config(data=tomllib.loads(state["config"]), stored=True)))
@@ -335,6 +337,8 @@ def _verify(f: h5py.File) -> dict:
         expected[f"adam/steps/problem/{name}"] = ((), np.dtype("float64"))
     n_rng = torch.get_rng_state().numel()
     expected["rng/sampler"] = expected["rng/torch"] = ((n_rng,), np.dtype("uint8"))
+    if "rng/adaptive" in datasets and adaptive_count(cfg):  # the last redraw chose points by their residual
+        expected["rng/adaptive"] = ((adaptive_count(cfg),), np.dtype("int64"))
     rows = datasets.get("history/step")
     n_eval = rows.shape[0] if rows is not None and rows.ndim == 1 else -1
     if not 1 <= n_eval <= step:
@@ -375,6 +379,10 @@ def _verify(f: h5py.File) -> dict:
     for path, value in data.items():
         if path.startswith(("parameters/", "adam/", "lbfgs/")) and not np.isfinite(value).all():
             raise _Damage(f"{path} is not finite")
+    chosen = data.get("rng/adaptive")
+    pool = cfg.training.adaptive_pool * math.prod(cfg.training.points)
+    if chosen is not None and (chosen.size and (chosen[0] < 0 or chosen[-1] >= pool) or (np.diff(chosen) <= 0).any()):
+        raise _Damage(f"rng/adaptive does not hold increasing candidate numbers in 0..{pool - 1}")
     record = None
     if provenance.GROUP in f:
         record = provenance.read(f[provenance.GROUP])
@@ -423,6 +431,7 @@ def read(path) -> dict:
                  "arrays": {p[len("lbfgs/"):]: a for p, a in data.items() if p.startswith("lbfgs/") and p != "lbfgs/rho"}}
     return {"step": v["step"], "stage": v["stage"], "arrays": arrays, "adam_steps": steps,
             "sampler_state": data["rng/sampler"], "torch_state": data["rng/torch"], "history": hist,
+            "adaptive": data.get("rng/adaptive"),
             "loss_per_step": loss_per_step, "wall_time": float(v["wall_time"]),
             "n_ranks": v["n_ranks"], "config": v["config"], "term_names": v["term_names"], "digest": v["digest"],
             "provenance": v["provenance"], "lbfgs": quasi,

@@ -121,6 +121,8 @@ class TrainingConfig:
     lbfgs_steps: int = 0  # the last this many of the steps use L-BFGS instead of Adam (0: Adam only)
     lbfgs_history: int = 10  # L-BFGS: (s, y) pairs kept
     lbfgs_lr: float = 1.0  # L-BFGS: step length
+    adaptive: float = 0.0  # the fraction of the physics points drawn by their residual at each redraw (0: off)
+    adaptive_pool: int = 4  # adaptive: candidates drawn per physics point
 
 
 @dataclass
@@ -461,6 +463,7 @@ def _validate(cfg: Config, problem_cls) -> None:
     _in_range("training.points", math.prod(tr.points), 1, POINTS_MAX, "the product of the counts")
     if tr.resample_every and tr.sampler == "grid":
         raise ConfigError("training.resample_every", "needs a random sampler (uniform or sobol); the grid never changes")
+    _validate_adaptive(cfg)
     if any(not 0 <= a < dim for a in cfg.parallel.axes) or len(set(cfg.parallel.axes)) != len(cfg.parallel.axes):
         raise ConfigError("parallel.axes", f"must list distinct axis numbers in 0..{dim - 1} (axes {problem_cls.axes}), "
                           f"got {cfg.parallel.axes}")
@@ -486,6 +489,35 @@ def _validate(cfg: Config, problem_cls) -> None:
                   "the product of the counts")
     _validate_receivers(cfg, problem_cls)
     _validate_derivatives(cfg, problem_cls)
+
+
+ADAPTIVE_POOL_MAX = 100  # candidates per physics point of adaptive resampling
+
+
+def _validate_adaptive(cfg: Config) -> None:
+    """Residual-based resampling: a fraction in [0, 1) that chooses at least one point, at each redraw
+    of random points, of a problem with a physics term."""
+    tr = cfg.training
+    if not 0 <= tr.adaptive < 1:
+        raise ConfigError("training.adaptive", f"must lie in [0, 1) (the fraction of the physics points drawn by "
+                          f"their residual; 0: off), got {tr.adaptive}")
+    _in_range("training.adaptive_pool", tr.adaptive_pool, 1, ADAPTIVE_POOL_MAX, "candidates per physics point")
+    if not tr.adaptive:
+        return
+    if not tr.resample_every or tr.sampler == "grid":
+        raise ConfigError("training.adaptive", "chooses points at each redraw: needs training.resample_every >= 1 "
+                          f"and a random sampler (uniform or sobol), got resample_every = {tr.resample_every}, "
+                          f"sampler = {tr.sampler!r}")
+    if not cfg.problem.physics:
+        raise ConfigError("training.adaptive", "chooses physics points by their residual: needs problem.physics = true")
+    if adaptive_count(cfg) < 1:
+        raise ConfigError("training.adaptive", f"{tr.adaptive} of the {math.prod(tr.points)} physics points "
+                          "is less than one point")
+
+
+def adaptive_count(cfg: Config) -> int:
+    """How many physics points each adaptive redraw chooses by residual (0 when off)."""
+    return round(cfg.training.adaptive * math.prod(cfg.training.points))
 
 
 LBFGS_HISTORY_MAX = 1000  # (s, y) pairs L-BFGS keeps

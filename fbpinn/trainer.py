@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import history, provenance, registry, schedulers
-from .config import Config, to_toml
+from .config import Config, adaptive_count, to_toml
 from .decomposition import config_levels
 from .derivatives import parse
 from .domains import sample
@@ -189,18 +189,80 @@ class Trainer:
         self.term_names = [t.name for t in self.terms]
         self._elapsed, self._t0, self.first_step = 0.0, None, 1
 
-    def resample(self) -> None:
-        """(Re)draw collocation points and prepare every term's batch."""
+    def resample(self, adaptive: bool = False, chosen: np.ndarray | None = None) -> None:
+        """(Re)draw collocation points and prepare every term's batch.  ``adaptive``: choose
+        ``training.adaptive`` of the physics points by their residual (see :meth:`_adaptive_points`);
+        ``chosen``: the candidates an earlier adaptive draw from the same random state chose (resume)."""
         tr = self.cfg.training
         self.sample_state = self.gen.get_state()  # a checkpoint redraws the current points from here
+        self.adaptive_chosen = None
         terms = []
         if self.cfg.problem.physics:
-            x = sample(self.problem.domain, tr.sampler, tr.points, self.gen, self.dtype,
-                       region=self.dist.region if self.ctx.parallel else None, closed_hi=self.dist.closed)
+            region = self.dist.region if self.ctx.parallel else None
+            if adaptive_count(self.cfg) and (adaptive or chosen is not None):
+                x = self._adaptive_points(region, chosen)
+            else:
+                x = sample(self.problem.domain, tr.sampler, tr.points, self.gen, self.dtype, region=region,
+                           closed_hi=self.dist.closed)
             terms.append(Term("physics", x, tuple(self.problem.needs), self.problem.residual, 1.0,
                               n_global=math.prod(tr.points)))
         self.full_terms = [t.to(self.model.device) for t in terms] + self.extra_terms
         self._prepare_terms()
+
+    ADAPTIVE_CHUNK = 1 << 15  # candidates evaluated at once by _adaptive_points
+
+    def _adaptive_points(self, region, chosen: np.ndarray | None) -> torch.Tensor:
+        """This rank's physics points of an adaptive redraw (``training.adaptive``).
+
+        Of the N = prod(training.points) points, the first N - k of the sampler's draw are kept and k
+        are chosen from a pool of ``adaptive_pool`` N uniform candidates, in proportion to r^2 / mean(r^2)
+        + 1 (r: the residual of the model as it is; the mean over the candidates the current stage
+        trains), by weighted sampling without replacement: candidate i gets the key log(u_i) / w_i (u_i
+        uniform, drawn for all candidates in one sequence) and the k largest keys win.  Each rank
+        scores the candidates in its region; one reduction gives every rank all the scores, so all ranks
+        choose the same global candidates, as a one-process run does.  ``chosen`` (a resume) skips
+        the scoring."""
+        tr = self.cfg.training
+        n, k = math.prod(tr.points), adaptive_count(self.cfg)
+        base = sample(self.problem.domain, tr.sampler, tr.points, self.gen)[:n - k]  # float64, all ranks alike
+        pool = sample(self.problem.domain, "uniform", [tr.adaptive_pool * n], self.gen)
+        u = torch.rand(pool.shape[0], generator=self.gen, dtype=torch.float64)
+        if chosen is None:
+            st = self.stage
+            trained = self._in_slab(pool, st.t_min, st.t_max) if st.t_max is not None else torch.ones(len(pool), dtype=torch.bool)
+            mine = trained if region is None else trained & region.contains(pool, self.dist.closed)
+            scores = np.zeros(pool.shape[0])
+            idx = mine.nonzero()[:, 0]
+            scores[idx.numpy()] = self._squared_residuals(pool[idx])
+            scores = self.ctx.allreduce(scores)
+            trained = trained.numpy()
+            mean = scores[trained].mean() if trained.any() else 0.0
+            w = np.where(trained, scores / mean + 1.0 if mean > 0 else 1.0, 0.0)
+            with np.errstate(divide="ignore"):
+                keys = np.where(w > 0, np.log(u.numpy()) / np.where(w > 0, w, 1.0), -np.inf)
+            chosen = np.sort(np.lexsort((np.arange(len(keys)), -keys))[:k])
+        self.adaptive_chosen = np.asarray(chosen, dtype=np.int64)
+        x = torch.cat([base, pool[torch.from_numpy(self.adaptive_chosen)]])
+        if region is not None:
+            x = x[region.contains(x, self.dist.closed)]
+        return x.to(self.dtype)
+
+    @torch.no_grad()
+    def _squared_residuals(self, x: torch.Tensor) -> np.ndarray:
+        """The physics residual's square (summed over the equations of a system) at points ``x`` (n, d)
+        of this rank's region, by the model as it is, in chunks (float64 NumPy)."""
+        orders = {parse(n, self.problem.axes, self.problem.fields) for n in self.problem.needs}
+        out = []
+        for c in range(0, x.shape[0], self.ADAPTIVE_CHUNK):
+            xc = x[c:c + self.ADAPTIVE_CHUNK].to(self.dtype)
+            batch = self.model.prepare(xc, orders)
+            d = Derivs(self.model(batch), batch.orders, self.problem.axes, self.problem.fields, self.problem.name)
+            r = self.problem.residual(xc.to(self.model.device), d)
+            if isinstance(r, (tuple, list)):
+                r = torch.stack(list(r), dim=-1)
+            squares = (r * r).double()
+            out.append((squares if squares.dim() == 1 else squares.sum(-1)).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
 
     def _prepare_terms(self) -> None:
         """Prepare the batch of the current stage's points (all of them unless time-marching)."""
@@ -333,7 +395,7 @@ class Trainer:
         self.bytes_sent += self.dist.refresh_halo()  # before preparing: frozen halo subdomains are summed then
         t1 = time.perf_counter()
         if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0 and not quasi_newton:
-            self.resample()
+            self.resample(adaptive=True)
         elif entering:
             self._prepare_terms()
         if entering:
@@ -592,6 +654,7 @@ class Trainer:
             "steps": quasi["steps"], "gamma": float(quasi["gamma"])}
         return {"step": step, "stage": self.stage.index, "arrays": arrays, "adam_steps": steps,
                 "sampler_state": self.sample_state.numpy(), "torch_state": torch.get_rng_state().numpy(),
+                "adaptive": self.adaptive_chosen,
                 "history": history.copy(self.history), "loss_per_step": list(self.loss_per_step),
                 "wall_time": self.wall_time(), "n_ranks": self.ctx.size, "config": to_toml(cfg),
                 "term_names": list(self.term_names), "fields": tuple(self.problem.fields), "lbfgs": lbfgs_state,
@@ -620,7 +683,7 @@ class Trainer:
         # The points drawn at the last resampling before the checkpoint, prepared with the restored
         # parameters (a time-marching batch holds the frozen subdomains' part of the solution).
         self.gen.set_state(torch.from_numpy(np.asarray(state["sampler_state"], dtype=np.uint8)))
-        self.resample()
+        self.resample(chosen=state.get("adaptive"))
         torch.set_rng_state(torch.from_numpy(np.asarray(state["torch_state"], dtype=np.uint8)))
         self.history = history.copy(state["history"])
         self.loss_per_step = list(state["loss_per_step"])

@@ -3,6 +3,7 @@ version of each runs by default and checks that the settings still learn."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fbpinn
@@ -31,3 +32,44 @@ def test_wave1d_settings_learn_in_a_short_run():
     errors, steps = shipped.history["rel_l2"], shipped.history["step"]
     assert errors[-1] < 0.8 and errors[-1] < 0.85 * earlier.history["rel_l2"][-1]
     assert errors[-1] < 0.95 * errors[steps.index(500)]  # the L-BFGS phase (steps 501 to 600) helps
+
+
+def _relative(a, b) -> float:
+    return float(np.sqrt(((a - b) ** 2).sum() / (b**2).sum()))
+
+
+@pytest.mark.slow
+def test_wave2d_small_as_shipped():
+    # docs/benchmarks.md: 2.87e-2 in 17.9 minutes on 2 CPU cores, of which 1.61e-2 is the first-order
+    # absorbing condition's own (scripts/absorbing_floor.py); the 1e-2 aimed at is not reached yet.
+    run = fbpinn.train(fbpinn.load_config(CONFIGS / "wave2d_small.toml"))
+    assert run.history["rel_l2"][-1] <= 3.5e-2
+
+
+@pytest.mark.slow
+def test_wave2d_layered_as_shipped():
+    # docs/benchmarks.md: 1.07e-1 in the wavefield, 9.9e-2 in the traces (34 minutes, two runs
+    # sharing 2 CPU cores); the 5e-2 aimed at is not reached yet.
+    run = fbpinn.train(fbpinn.load_config(CONFIGS / "wave2d_layered.toml"))
+    assert run.history["rel_l2"][-1] <= 0.13
+    traces = run.receivers
+    assert _relative(traces["u"], traces["target"]) <= 0.12
+
+
+LAYERED_SHORT = ["training.steps=400", "training.decay_steps=400", "schedule.steps_per_slab=100",
+                 "training.lbfgs_steps=20", "training.compile=false", "training.points=[16, 16, 8]",
+                 "training.eval_every=100", "training.log_every=400", "test.points=[21, 21, 11]",
+                 "output.receiver_samples=21"]
+
+
+def test_wave2d_layered_settings_learn_in_a_short_run():
+    # 4 slabs of 100 steps on 2,048 points, the last 20 of each L-BFGS: far too short for the field
+    # (its error is still about 1), but each slab's loss falls: measured from 21, 216, 796 and 2424
+    # at its first step to 0.12, 10.3, 8.4 and 1.8, the L-BFGS phases lowering it by 1.08 to 1.8 times.
+    run = fbpinn.train(fbpinn.load_config(CONFIGS / "wave2d_layered.toml", overrides=LAYERED_SHORT))
+    traces = run.receivers
+    assert traces["u"].shape == traces["target"].shape == (10, 21, 1)
+    assert np.isfinite(traces["u"]).all() and np.abs(traces["target"]).max() > 0.05
+    loss = np.asarray(run.loss_per_step).reshape(4, 100)
+    assert (loss[:, -1] < 0.05 * loss[:, 0]).all()
+    assert (loss[:, -1] < loss[:, 79]).all()  # each L-BFGS phase (steps 81 to 100 of a slab) lowers it

@@ -10,6 +10,7 @@ that the file is an fbpinn results file of a known schema and raises
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import stat
@@ -24,6 +25,8 @@ import numpy as np
 
 from . import __version__, history, provenance
 from .config import to_toml
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -170,11 +173,12 @@ class Snapshots:
     :meth:`append` opens it, adds one row to each dataset, and closes it again ("close after
     write"): between appends it is an ordinary, closed HDF5 file that any reader opens; a reader
     that opens it while a snapshot is being written gets an error from HDF5's file locking and can
-    try again a moment later.  A run resumed from the checkpoint of step S drops the rows after S
+    try again a moment later, and an append waits while a reader holds the file (see :meth:`append`).  A run resumed from the checkpoint of step S drops the rows after S
     that the interrupted run had written, so that the file holds each step once.  Layout: see
     docs/hdf5.md, "Snapshots"."""
 
     FORMAT = "fbpinn-snapshots"
+    LOCK_WAIT = 30.0  # seconds an append waits for readers to close the file before skipping the snapshot
 
     def __init__(self, path, problem, cfg, axes, after_step: int = 0):
         self.path = Path(path)
@@ -182,7 +186,7 @@ class Snapshots:
         self.fields = tuple(problem.fields)
         self.shape = tuple(len(a) for a in axes)
         if after_step > 0 and self._matches():
-            with h5py.File(self.path, "a") as f:
+            with self._open() as f:
                 keep = int((f["step"][()] <= after_step).sum())
                 for ds in [f["step"], f["time"], *(f[name] for name in self.fields)]:
                     ds.resize(keep, axis=0)
@@ -201,6 +205,19 @@ class Snapshots:
 
         write_atomic(self.path, fill)
 
+    def _open(self) -> h5py.File:
+        """The file opened for appending, waiting (up to ``LOCK_WAIT`` seconds, backing off) while a
+        reader holds HDF5's lock on it; BlockingIOError if it is still held then."""
+        deadline, pause = time.monotonic() + self.LOCK_WAIT, 0.01
+        while True:
+            try:
+                return h5py.File(self.path, "a")
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 0.5)
+
     def _matches(self) -> bool:
         """Whether the file exists and holds snapshots of these fields on this grid."""
         try:
@@ -213,8 +230,17 @@ class Snapshots:
     def append(self, step: int, elapsed: float, u: np.ndarray, record: dict | None = None) -> None:
         """Add the fields ``u`` (grid shape + (F,)) after ``step``, ``elapsed`` seconds into training;
         ``record``: the run's provenance up to ``step`` (:mod:`fbpinn.provenance`), which replaces
-        the file's ``/provenance``."""
-        with h5py.File(self.path, "a") as f:
+        the file's ``/provenance``.
+
+        A reader holding the file open (HDF5 locks it) is waited for up to ``LOCK_WAIT`` seconds;
+        after that this snapshot is skipped with a warning: a reader never stops the training."""
+        try:
+            f = self._open()
+        except BlockingIOError:
+            logger.warning("snapshot of step %d skipped: %s has been held open by another program for %g s "
+                           "(HDF5 file lock); close it to let the next snapshots in", step, self.path, self.LOCK_WAIT)
+            return
+        with f:
             n = f["step"].shape[0]
             for name, value in [("step", step), ("time", elapsed)] + [(k, u[..., i]) for i, k in enumerate(self.fields)]:
                 f[name].resize(n + 1, axis=0)

@@ -82,7 +82,8 @@ def test_npy_and_hdf5_models_load_the_same(tmp_path):
 
 def test_the_shipped_model_is_what_the_script_writes():
     x, y, c = make_velocity().model(201)
-    assert np.array_equal(np.load(ROOT / "configs" / "layered.npy"), c)
+    # To rounding: exp and tanh may differ in the last bit from one machine's libm to another's.
+    np.testing.assert_allclose(np.load(ROOT / "configs" / "layered.npy"), c, rtol=1e-14, atol=0)
     assert 0.97 < c.min() < 1.0 and c.max() == pytest.approx(1.5)
 
 

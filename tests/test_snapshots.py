@@ -2,6 +2,8 @@
 snapshots.h5, readable while the run goes on, restart-safe and equal under MPI."""
 
 import signal
+import subprocess
+import sys
 import time
 
 import h5py
@@ -9,7 +11,9 @@ import numpy as np
 import pytest
 
 from fbpinn.cli import main
-from fbpinn.io import read_results
+from fbpinn.config import load_config
+from fbpinn.io import Snapshots, read_results, read_snapshots
+from fbpinn.trainer import build
 from test_checkpoint import _train_process
 from test_fields import ACOUSTIC, LOTKA, run_cli
 from test_parallel import mpirun, needs_mpi, write_toml
@@ -135,3 +139,36 @@ def test_damaged_snapshots_file_is_refused(tmp_path, capsys):
         assert main([command, str(path)]) == 2
         assert "/time has 1 entries, /step 2" in capsys.readouterr().err
     assert not (tmp_path / "r" / "snapshots.png").exists()
+
+
+def _hold_open(path, seconds):
+    """Another process that holds ``path`` open for reading (HDF5 locks it) for ``seconds``."""
+    code = "import h5py, sys, time; f = h5py.File(sys.argv[1], 'r'); print('open', flush=True); time.sleep(float(sys.argv[2]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def test_an_append_waits_for_a_reader_and_skips_past_one_that_stays(tmp_path, caplog):
+    # A reader holding the file (a user's h5py session, ParaView) must never stop the training.
+    cfg = load_config(data={**LOTKA, "output": {"snapshot_every": 50}})
+    problem = build(cfg)[0]
+    path = tmp_path / "snapshots.h5"
+    snaps = Snapshots(path, problem, cfg, problem.domain.grid_axes([11]))
+    u = np.ones((11, 2))
+    reader = _hold_open(path, 1.0)
+    snaps.append(1, 0.1, u)  # waits for the reader to let go
+    assert reader.wait() == 0
+    assert read_snapshots(path)["step"].tolist() == [1]
+    snaps.LOCK_WAIT = 0.3
+    reader = _hold_open(path, 60)
+    try:
+        with caplog.at_level("WARNING", logger="fbpinn"):
+            snaps.append(2, 0.2, u)
+        assert "snapshot of step 2 skipped" in caplog.text and "held open by another program" in caplog.text
+    finally:
+        reader.kill()
+        reader.wait()
+    snaps.append(3, 0.3, 3 * u)
+    back = read_snapshots(path)
+    assert back["step"].tolist() == [1, 3] and back["fields"]["predator"][1].tolist() == [3.0] * 11

@@ -229,7 +229,8 @@ class Trainer:
         u = torch.rand(pool.shape[0], generator=self.gen, dtype=torch.float64)
         if chosen is None:
             st = self.stage
-            trained = self._in_slab(pool, st.t_min, st.t_max) if st.t_max is not None else torch.ones(len(pool), dtype=torch.bool)
+            trained = (self._in_slab(pool, st.t_min, st.t_max) if st.t_max is not None
+                       else torch.ones(len(pool), dtype=torch.bool))
             mine = trained if region is None else trained & region.contains(pool, self.dist.closed)
             scores = np.zeros(pool.shape[0])
             idx = mine.nonzero()[:, 0]
@@ -257,9 +258,7 @@ class Trainer:
             xc = x[c:c + self.ADAPTIVE_CHUNK].to(self.dtype)
             batch = self.model.prepare(xc, orders)
             d = Derivs(self.model(batch), batch.orders, self.problem.axes, self.problem.fields, self.problem.name)
-            r = self.problem.residual(xc.to(self.model.device), d)
-            if isinstance(r, (tuple, list)):
-                r = torch.stack(list(r), dim=-1)
+            r = _stacked(self.problem.residual(xc.to(self.model.device), d))
             squares = (r * r).double()
             out.append((squares if squares.dim() == 1 else squares.sum(-1)).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
@@ -335,9 +334,7 @@ class Trainer:
         parts, binned = [], None
         for k, (term, sl) in enumerate(zip(self.terms, self.slices)):
             d = Derivs(U[:, sl], self.batch.orders, self.problem.axes, self.problem.fields, self.problem.name)
-            r = term.residual(term.x, d)  # (n,), (n, E) or E tensors (n,): one per equation of a system
-            if isinstance(r, (tuple, list)):
-                r = torch.stack(list(r), dim=-1)
+            r = _stacked(term.residual(term.x, d))
             if term.target is not None:
                 r = r - term.target
             squares = r * r
@@ -863,6 +860,12 @@ class Trainer:
             logger.info("time-marching: %d slabs of %d steps%s; %s", self.schedule.slabs,
                         self.schedule.steps_per_slab,
                         f", then {rest} steps with all subdomains" if rest else "", self.stage.text)
+
+
+def _stacked(r):
+    """A residual as one tensor: (n,) or (n, E), from (n,), (n, E) or E tensors (n,), one per
+    equation of a system."""
+    return torch.stack(list(r), dim=-1) if isinstance(r, (tuple, list)) else r
 
 
 def _held_rows(full, name: str, rows, like: torch.Tensor) -> np.ndarray:

@@ -106,6 +106,7 @@ class TrainingConfig:
     lr: float = 1e-3
     lr_decay: float = 1.0  # lr(step) = lr * lr_decay ** ((step - 1) / decay_steps), a smooth decay
     decay_steps: int = 1000
+    decay_per_stage: bool = False  # time-marching: the decay restarts at each stage's first step
     dtype: str = "float32"
     seed: int = 0
     sampler: str = "grid"
@@ -445,6 +446,9 @@ def _validate(cfg: Config, problem_cls) -> None:
                           f"step, and the initial weights are below 1), got {tr.lr}")
     if not 0 < tr.lr_decay <= 1:
         raise ConfigError("training.lr_decay", f"must lie in (0, 1], got {tr.lr_decay}")
+    if tr.decay_per_stage and cfg.schedule.kind != "time_marching":
+        raise ConfigError("training.decay_per_stage", "restarts the decay at each time-marching stage: needs "
+                          f'schedule.kind = "time_marching", got {cfg.schedule.kind!r}')
     if tr.dtype not in DTYPES:
         raise ConfigError("training.dtype", f"must be one of {', '.join(DTYPES)}, got {tr.dtype!r}")
     if tr.device not in DEVICES:

@@ -118,10 +118,30 @@ def stage_end(cfg, step: int) -> int:
     checkpoint reader needs it without a model): ``training.steps``, or with time-marching the
     slab's last step or, after the slabs, ``training.steps``."""
     sc, steps = cfg.schedule, cfg.training.steps
-    if sc.kind != "time_marching":
-        return steps
-    index = (step - 1) // sc.steps_per_slab
-    return steps if index >= sc.slabs else min(steps, (index + 1) * sc.steps_per_slab)
+    index = _stage_index(cfg, step)
+    return steps if index is None or index >= sc.slabs else min(steps, (index + 1) * sc.steps_per_slab)
+
+
+def stage_start(cfg, step: int) -> int:
+    """The first step of the stage that holds the 1-based ``step``, from the config alone: 1, or
+    with time-marching the slab's first step or, after the slabs, the step after the last slab."""
+    sc = cfg.schedule
+    index = _stage_index(cfg, step)
+    return 1 if index is None else min(index, sc.slabs) * sc.steps_per_slab + 1
+
+
+def _stage_index(cfg, step: int) -> int | None:
+    """Time-marching: the slab number of ``step`` (slabs or more after the slabs); else None."""
+    sc = cfg.schedule
+    return (step - 1) // sc.steps_per_slab if sc.kind == "time_marching" else None
+
+
+def learning_rate(cfg, step: int) -> float:
+    """Adam's rate at the 1-based ``step``: lr * lr_decay ** ((step - first) / decay_steps), first
+    = 1, or the stage's first step with ``training.decay_per_stage``."""
+    tr = cfg.training
+    first = stage_start(cfg, step) if tr.decay_per_stage else 1
+    return tr.lr * tr.lr_decay ** ((step - first) / tr.decay_steps)
 
 
 def in_lbfgs_phase(cfg, step: int) -> bool:

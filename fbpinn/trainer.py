@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ import torch
 from . import history, provenance, registry, schedulers
 from .config import Config, adaptive_count, to_toml
 from .decomposition import config_levels
-from .derivatives import parse
+from .derivatives import closure, parse
 from .domains import sample
 from .model import FBPINN, parameter_key, stacked_parameters
 from .optim import LBFGS, Adam
@@ -152,7 +153,7 @@ class Trainer:
         self.dtype = self.model.dtype
         # Boundary and observation terms: this rank's points, fixed for the whole run.
         self.extra_terms = [t.select(self.dist.select(t.x)).to(self.model.device) for t in self.problem.terms(self.gen)]
-        self.full_terms, self.terms, self.batch, self.slices = [], [], None, []
+        self.full_terms, self.terms, self.passes = [], [], []  # passes: see _prepare_terms
         self.causal_term, self.causal_bins, self.causal_counts = None, None, None  # see _prepare_causal
         self.bytes_sent = 0
         self.comm_seconds = 0.0  # time in halo exchange and reductions (includes waiting for other ranks)
@@ -264,20 +265,48 @@ class Trainer:
         return np.concatenate(out) if out else np.zeros(0)
 
     def _prepare_terms(self) -> None:
-        """Prepare the batch of the current stage's points (all of them unless time-marching)."""
+        """Prepare the batches of the current stage's points (all of them unless time-marching)."""
         st = self.stage
         self.terms = self.full_terms if st.t_max is None else [self._within(t, st.t_min, st.t_max)
                                                                 for t in self.full_terms]
-        # All terms' points go through the model in one pass; each term reads its slice.
-        x = torch.cat([t.x.to(self.dtype) for t in self.terms])  # (N, d)
-        orders = {parse(n, self.problem.axes, self.problem.fields) for t in self.terms for n in t.needs}
-        frozen = None if st.trainable is None else ~st.trainable  # summed once, here
-        self.batch = self.model.prepare(x, orders, frozen)
-        bounds = [0]
-        for t in self.terms:
-            bounds.append(bounds[-1] + t.x.shape[0])
-        self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        frozen = None if st.trainable is None else ~st.trainable  # summed once per pass, here
+        self.passes = []
+        for members in self._pass_groups():
+            x = torch.cat([self.terms[k].x.to(self.dtype) for k in members])  # (N, d)
+            orders = {o for k in members for o in self._orders(self.terms[k])}
+            bounds = np.cumsum([0] + [self.terms[k].x.shape[0] for k in members])
+            self.passes.append(Pass(self.model.prepare(x, orders, frozen),
+                                    [(k, slice(int(a), int(b))) for k, a, b in zip(members, bounds[:-1], bounds[1:])]))
         self._prepare_causal()
+
+    def _orders(self, term: Term) -> set:
+        return {parse(n, self.problem.axes, self.problem.fields) for n in term.needs}
+
+    def _pass_groups(self) -> list:
+        """The terms (indices) of each model pass.  The term with the most points opens the first
+        pass; a term whose derivatives are all among a pass's joins it, and one that needs others
+        gets a pass of its own, so that a few boundary points asking for more derivatives do not
+        make every point compute them (the forward path's work grows with the derivatives carried)."""
+        order = sorted(range(len(self.terms)), key=lambda k: -self.terms[k].x.shape[0])
+        groups, closures = [], []
+        for k in order:
+            need = set(closure(self._orders(self.terms[k])))
+            for members, have in zip(groups, closures):
+                if need <= have:
+                    members.append(k)
+                    break
+            else:
+                groups.append([k])
+                closures.append(need)
+        return [sorted(g) for g in groups]
+
+    def pairs(self) -> int:
+        """Padded (point, subdomain) pairs evaluated per step, over all passes."""
+        return sum(p.batch.pairs() for p in self.passes)
+
+    def n_points(self) -> int:
+        """This rank's points in the current stage, over all terms."""
+        return sum(p.batch.n for p in self.passes)
 
     def _prepare_causal(self) -> None:
         """For causal weighting (``training.causal``): the time bin of each physics point, and the
@@ -330,19 +359,21 @@ class Trainer:
     def _loss_impl(self):
         """Each term's part of the loss (T,), and with causal weighting the physics term's mean
         squared residual in each time bin, this rank's points' share (B,) (else None)."""
-        U = self.model(self.batch)  # (K, N, F)
-        parts, binned = [], None
-        for k, (term, sl) in enumerate(zip(self.terms, self.slices)):
-            d = Derivs(U[:, sl], self.batch.orders, self.problem.axes, self.problem.fields, self.problem.name)
-            r = _stacked(term.residual(term.x, d))
-            if term.target is not None:
-                r = r - term.target
-            squares = r * r
-            parts.append(term.weight * squares.sum() / (term.n_global or r.shape[0]))
-            if k == self.causal_term:
-                per_point = squares if squares.dim() == 1 else squares.sum(-1)
-                binned = term.weight * torch.zeros_like(self.causal_counts).index_add(
-                    0, self.causal_bins, per_point) / self.causal_counts
+        parts, binned = [None] * len(self.terms), None
+        for batch, members in self.passes:
+            U = self.model(batch)  # (K, N, F)
+            for k, sl in members:
+                term = self.terms[k]
+                d = Derivs(U[:, sl], batch.orders, self.problem.axes, self.problem.fields, self.problem.name)
+                r = _stacked(term.residual(term.x, d))
+                if term.target is not None:
+                    r = r - term.target
+                squares = r * r
+                parts[k] = term.weight * squares.sum() / (term.n_global or r.shape[0])
+                if k == self.causal_term:
+                    per_point = squares if squares.dim() == 1 else squares.sum(-1)
+                    binned = term.weight * torch.zeros_like(self.causal_counts).index_add(
+                        0, self.causal_bins, per_point) / self.causal_counts
         return torch.stack(parts), binned
 
     def _weighted(self, parts, binned):
@@ -397,7 +428,7 @@ class Trainer:
             self._prepare_terms()
         if entering:
             logger.info("%s (%d points)", self.stage.text, sum(t.n_global or t.x.shape[0] for t in self.terms))
-        lr = tr.lr * tr.lr_decay ** ((step - 1) / tr.decay_steps)
+        lr = schedulers.learning_rate(self.cfg, step)
         self.optimizer.lr = lr
         parts, binned = self._loss()
         loss = self._weighted(parts, binned)
@@ -833,7 +864,7 @@ class Trainer:
 
     def _log_header(self) -> None:
         tr = self.cfg.training
-        pairs = self.batch.pairs()
+        pairs = self.pairs()
         shapes = [list(lv.shape) for lv in self.model.levels]
         n_params = sum(sum(p[0].numel() for p in net.parameters()) * lv.n_subdomains
                        for net, lv in zip(self.model.nets, self.model.levels))
@@ -846,10 +877,10 @@ class Trainer:
                                              if self.ctx.parallel else "")
                          for i, net in enumerate(self.model.nets))
         logger.info("%s %s subdomain(s), %d points, %d (point, subdomain) pairs",
-                    "rank 0 holds" if self.ctx.parallel else "holds", held, self.batch.n, pairs)
+                    "rank 0 holds" if self.ctx.parallel else "holds", held, self.n_points(), pairs)
         if self.ctx.parallel:  # collective: every rank logs (rank 0 prints) the ranks left without points
             counts = np.zeros(self.ctx.size)
-            counts[self.ctx.rank] = self.batch.n
+            counts[self.ctx.rank] = self.n_points()
             empty = np.flatnonzero(self.ctx.allreduce(counts) == 0).tolist()
             if empty:
                 logger.info("rank(s) %s hold no points%s: they wait in every exchange with nothing to "
@@ -860,6 +891,14 @@ class Trainer:
             logger.info("time-marching: %d slabs of %d steps%s; %s", self.schedule.slabs,
                         self.schedule.steps_per_slab,
                         f", then {rest} steps with all subdomains" if rest else "", self.stage.text)
+
+
+class Pass(NamedTuple):
+    """One model evaluation per step: the prepared batch and, for each term it serves, the term's
+    index and its rows in the batch."""
+
+    batch: object  # fbpinn.model.Batch
+    members: list  # [(term index, slice)]
 
 
 def _stacked(r):

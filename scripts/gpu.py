@@ -65,7 +65,7 @@ def measure(path: str, overrides: list, compile_: bool, warmup: int, blocks: int
             trainer.step(warmup + b * block + s + 1)
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) / block * 1e3)
-    return {"ms": statistics.median(times), "pairs": trainer.batch.pairs(), "points": trainer.batch.n,
+    return {"ms": statistics.median(times), "pairs": trainer.pairs(), "points": trainer.n_points(),
             "peak_gb": torch.cuda.max_memory_allocated() / 1e9, "warm_s": warm_s, "steps": cfg.training.steps}
 
 

@@ -41,7 +41,7 @@ MEASURE = textwrap.dedent("""
     trainer.step(1)
     trainer.step(2)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"kib": peak - before, "pairs": trainer.batch.pairs()}))
+    print(json.dumps({"kib": peak - before, "pairs": trainer.pairs()}))
 """)
 
 

@@ -24,8 +24,9 @@ def test_the_weights_follow_the_bins_losses():
     term = trainer.terms[trainer.causal_term]
     # The bins' mean squared residuals, from the residual at the points themselves.
     x = term.x
-    u = trainer.model(trainer.batch)[:, trainer.slices[trainer.causal_term]]
-    d = fbpinn.problems.Derivs(u, trainer.batch.orders, trainer.problem.axes, trainer.problem.fields)
+    (batch, members), = trainer.passes
+    u = trainer.model(batch)[:, dict(members)[trainer.causal_term]]
+    d = fbpinn.problems.Derivs(u, batch.orders, trainer.problem.axes, trainer.problem.fields)
     r2 = (term.residual(x, d) ** 2).detach().numpy()
     t = x[:, 1].numpy()
     bins = np.minimum((t / 2.0 * 8).astype(int), 7)

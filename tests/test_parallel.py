@@ -51,7 +51,8 @@ def write_toml(data: dict, path: Path) -> Path:
     for section, table in data.items():
         lines.append(f"[{section}]")
         for k, v in table.items():
-            lines.append(f"{k} = {v!r}".replace("'", '"'))
+            value = str(v).lower() if isinstance(v, bool) else repr(v).replace("'", '"')
+            lines.append(f"{k} = {value}")
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -151,13 +151,13 @@ def held_bytes(trainer) -> int:
         storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    batch = trainer.batch
-    for block in batch.blocks:
-        for t in (block.t_in, block.win, block.index):
-            note(t)
-    for t in (batch.a, batch.b, batch.x, batch.fixed):
-        if t is not None:
-            note(t)
+    for batch, _ in trainer.passes:
+        for block in batch.blocks:
+            for t in (block.t_in, block.win, block.index):
+                note(t)
+        for t in (batch.a, batch.b, batch.x, batch.fixed):
+            if t is not None:
+                note(t)
     with torch.autograd.graph.saved_tensors_hooks(note, lambda t: t):
         trainer._loss_impl()
     return sum(storages.values())
@@ -181,7 +181,7 @@ def test_estimate_covers_what_a_step_holds(config, points):
     est = preflight.estimate_memory(cfg, Context(None))
     held = held_bytes(trainer)
     assert held <= est.total <= 8 * held, (config, held, est.total)
-    assert trainer.batch.pairs() <= est.pairs <= 1.6 * trainer.batch.pairs()
+    assert trainer.pairs() <= est.pairs <= 1.6 * trainer.pairs()
 
 
 @needs_mpi

@@ -73,8 +73,8 @@ def test_points_follow_the_slabs_and_the_last_stage_is_the_plain_model():
     counts, spans = [], []
     for step in range(1, 36):
         trainer.step(step)
-        counts.append(trainer.batch.n)
-        t = trainer.batch.x[:, 1]
+        counts.append(trainer.n_points())
+        t = torch.cat([p.batch.x for p in trainer.passes])[:, 1]
         spans.append((t.min().item(), t.max().item()))
     t_max = [trainer.schedule.stage(k).t_max for k in range(3)]
     assert t_max == pytest.approx([0.2 * 1 + 0.18, 0.2 * 3 + 0.18, 1.0])  # spacing 0.2, 0.9 half-widths

@@ -54,3 +54,27 @@ def test_split_passes_equal_one_pass(schedule):
     assert split[0].shape == (2,) and split[0][1] > 0
     assert torch.allclose(split[0], whole[0], rtol=1e-12, atol=0)
     assert torch.allclose(split[1], whole[1], rtol=1e-10, atol=1e-14)
+
+
+def test_steptime_script_reports_the_passes(tmp_path, capsys):
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from test_parallel import write_toml
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "steptime.py"
+    spec = importlib.util.spec_from_file_location("steptime", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = str(write_toml(WAVE, tmp_path / "c.toml"))
+    args = [cfg, "--threads", "1", "--warmup", "1", "--blocks", "2", "--block", "1", "--set", "training.steps=5"]
+    assert script.main(args) == 0
+    out = capsys.readouterr().out
+    found = re.search(r"([0-9.]+) ms/step \(blocks ([0-9.]+), ([0-9.]+)\), 2 pass\(es\), ([0-9,]+) pairs", out)
+    assert found and float(found[1]) > 0
+    trainer = Trainer(fbpinn.load_config(data=WAVE))
+    assert int(found[4].replace(",", "")) == trainer.pairs()
+    assert script.main(args[:-1] + ["training.steps=2"]) == 2  # fewer steps than the timing needs
+    assert "more than training.steps = 2" in capsys.readouterr().err
+    assert script.main([str(tmp_path / "missing.toml")]) == 2

@@ -122,6 +122,7 @@ class TrainingConfig:
     lbfgs_steps: int = 0  # the last this many of the steps use L-BFGS instead of Adam (0: Adam only)
     lbfgs_history: int = 10  # L-BFGS: (s, y) pairs kept
     lbfgs_lr: float = 1.0  # L-BFGS: step length
+    lbfgs_resample_every: int = 0  # L-BFGS: redraw the points every this many steps of the phase too (0: never)
     adaptive: float = 0.0  # the fraction of the physics points drawn by their residual at each redraw (0: off)
     adaptive_pool: int = 4  # adaptive: candidates drawn per physics point
 
@@ -539,6 +540,10 @@ def _validate_lbfgs(cfg: Config) -> None:
     if not 0 < tr.lbfgs_lr <= LBFGS_LR_MAX:
         raise ConfigError("training.lbfgs_lr", f"must lie in (0, {LBFGS_LR_MAX:g}] (the step length of L-BFGS, "
                           f"1 for a full quasi-Newton step), got {tr.lbfgs_lr}")
+    _in_range("training.lbfgs_resample_every", tr.lbfgs_resample_every, 0, COUNT_MAX, "0: the points stay fixed")
+    if tr.lbfgs_resample_every and tr.sampler == "grid":
+        raise ConfigError("training.lbfgs_resample_every", "needs a random sampler (uniform or sobol); the grid never "
+                          "changes")
     sc = cfg.schedule
     if tr.lbfgs_steps and sc.kind == "time_marching":
         rest = tr.steps - sc.slabs * sc.steps_per_slab

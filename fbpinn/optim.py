@@ -124,12 +124,18 @@ class LBFGS:
         torch._foreach_neg_(q)
         return q
 
+    def new_loss(self) -> None:
+        """The loss changed (fresh collocation points) since the last step: the next step forms no
+        pair, since its gradient change would mix two losses, but keeps the pairs it has (the
+        curvature of a fresh draw of the same loss is about the same)."""
+        self.prev_x, self.prev_g = None, None
+
     @torch.no_grad()
     def step(self) -> None:
         """One update with the gradients in ``p.grad`` (a parameter without one has gradient 0)."""
         x = [p.detach() for p in self.params]
         g = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        if self.steps > 0:
+        if self.steps > 0 and self.prev_x is not None:
             s = torch._foreach_sub(x, self.prev_x)
             y = torch._foreach_sub(g, self.prev_g)
             sy, yy = self.dot(s, y), self.dot(y, y)

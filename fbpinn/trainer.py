@@ -416,14 +416,18 @@ class Trainer:
         quasi_newton = self.in_lbfgs_phase(step)
         if quasi_newton and self.lbfgs is None:
             self.lbfgs = self._new_lbfgs()
-            logger.info("L-BFGS from step %d to %d (history %d, step length %g, no line search); the collocation "
-                        "points are not redrawn until then", step, schedulers.stage_end(self.cfg, step),
-                        tr.lbfgs_history, tr.lbfgs_lr)
+            logger.info("L-BFGS from step %d to %d (history %d, step length %g, no line search); %s", step,
+                        schedulers.stage_end(self.cfg, step), tr.lbfgs_history, tr.lbfgs_lr,
+                        f"the collocation points are redrawn every {tr.lbfgs_resample_every} steps"
+                        if tr.lbfgs_resample_every else "the collocation points are not redrawn until then")
         t0 = time.perf_counter()
         self.bytes_sent += self.dist.refresh_halo()  # before preparing: frozen halo subdomains are summed then
         t1 = time.perf_counter()
-        if tr.resample_every and step > 1 and (step - 1) % tr.resample_every == 0 and not quasi_newton:
+        every = tr.lbfgs_resample_every if quasi_newton else tr.resample_every
+        if every and step > 1 and (step - 1) % every == 0:
             self.resample(adaptive=True)
+            if quasi_newton:
+                self.lbfgs.new_loss()
         elif entering:
             self._prepare_terms()
         if entering:

@@ -6,7 +6,10 @@ import torch
 
 import fbpinn
 from fbpinn.derivatives import closure, parse
+from fbpinn.io import read_results
 from fbpinn.trainer import Trainer
+from test_checkpoint import same, train_cli
+from test_parallel import mpirun, needs_mpi, write_toml
 
 WAVE = {
     "problem": {"name": "wave2d", "velocity": "mixture", "t_max": 0.6, "absorbing_order": 2,
@@ -61,8 +64,6 @@ def test_steptime_script_reports_the_passes(tmp_path, capsys):
     import re
     from pathlib import Path
 
-    from test_parallel import write_toml
-
     path = Path(__file__).resolve().parent.parent / "scripts" / "steptime.py"
     spec = importlib.util.spec_from_file_location("steptime", path)
     script = importlib.util.module_from_spec(spec)
@@ -78,3 +79,15 @@ def test_steptime_script_reports_the_passes(tmp_path, capsys):
     assert script.main(args[:-1] + ["training.steps=2"]) == 2  # fewer steps than the timing needs
     assert "more than training.steps = 2" in capsys.readouterr().err
     assert script.main([str(tmp_path / "missing.toml")]) == 2
+
+
+@needs_mpi
+def test_two_ranks_with_their_own_passes_equal_the_serial_run(tmp_path):
+    data = {**WAVE, "training": {**WAVE["training"], "steps": 30, "eval_every": 10}}
+    cfg_path = write_toml(data, tmp_path / "c.toml")
+    assert train_cli(cfg_path, tmp_path / "serial") == 0
+    proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "p")])
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    serial, parallel = read_results(tmp_path / "serial" / "run.h5"), read_results(tmp_path / "p" / "run.h5")
+    assert serial["training"]["loss_terms"].shape[1] == 2 and serial["training"]["loss_terms"][-1, 1] > 0
+    same(serial, parallel, rtol=1e-9)

@@ -41,6 +41,34 @@ def resumed_equals_whole(tmp_path, data: dict, split: int) -> dict:
     return whole
 
 
+def checkpoints_resume_exactly(tmp_path, data: dict, steps, every: int = 5) -> None:
+    """Train ``data`` whole with a checkpoint every ``every`` steps; resume a copy of each checkpoint
+    of ``steps`` alone, as after a crash, and assert it ends as the whole run did (loss of every
+    step bit for bit, the rest to 1e-12)."""
+    cfg = write_toml({**data, "checkpoint": {"every": every, "keep": 1000}}, tmp_path / "c.toml")
+    assert train_cli(cfg, tmp_path / "whole") == 0
+    whole = read_results(tmp_path / "whole" / "run.h5")
+    for step in steps:
+        out = tmp_path / f"from{step}"
+        (out / "checkpoints").mkdir(parents=True)
+        shutil.copy(ckpt.path_for(tmp_path / "whole" / "checkpoints", step), out / "checkpoints")
+        assert train_cli(cfg, out, "--resume") == 0
+        parts = read_results(out / "run.h5")
+        same(whole, parts, rtol=1e-12)
+        assert np.abs(whole["training"]["loss_per_step"] - parts["training"]["loss_per_step"]).max() == 0.0
+
+
+def parallel_equals_serial(tmp_path, data: dict, ranks: int = 2, rtol: float = 1e-8) -> str:
+    """Train ``data`` serially and on ``ranks`` MPI ranks; assert the results agree to ``rtol`` and
+    return the parallel run's output."""
+    cfg_path = write_toml(data, tmp_path / "c.toml")
+    assert train_cli(cfg_path, tmp_path / "serial") == 0
+    proc = mpirun(ranks, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "p")])
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    same(read_results(tmp_path / "serial" / "run.h5"), read_results(tmp_path / "p" / "run.h5"), rtol=rtol)
+    return proc.stdout
+
+
 def same(a: dict, b: dict, rtol: float) -> None:
     """Loss history, parameters, learned constants and solution of two results files agree."""
     la, lb = a["training"]["loss_per_step"], b["training"]["loss_per_step"]

@@ -1,19 +1,15 @@
 """training.decay_per_stage: under time-marching the learning-rate decay restarts at each stage,
 as the stage's fresh Adam does; resumes are exact and two ranks equal the serial run."""
 
-import shutil
-
 import numpy as np
 import pytest
 
 import fbpinn
-from fbpinn import checkpoint as ckpt
 from fbpinn import schedulers
-from fbpinn.io import read_results
 from fbpinn.trainer import Trainer
 from conftest import config_error
-from test_checkpoint import same, train_cli
-from test_parallel import WAVE_MARCH, mpirun, needs_mpi, write_toml
+from test_checkpoint import checkpoints_resume_exactly, parallel_equals_serial
+from test_parallel import WAVE_MARCH, needs_mpi
 
 # 3 slabs of 30 steps, then 30 steps with every subdomain; the rate falls tenfold over 30 steps.
 DECAY = {**WAVE_MARCH, "training": {**WAVE_MARCH["training"], "lr": 1e-2, "lr_decay": 0.1, "decay_steps": 30,
@@ -51,25 +47,12 @@ def test_the_restart_changes_training():
 
 
 def test_resume_equals_the_uninterrupted_run(tmp_path):
-    cfg = write_toml({**DECAY, "checkpoint": {"every": 5, "keep": 30}}, tmp_path / "c.toml")
-    assert train_cli(cfg, tmp_path / "whole") == 0
-    for step in (45, 95):  # inside slab 2; after the slabs
-        out = tmp_path / f"from{step}"
-        (out / "checkpoints").mkdir(parents=True)
-        shutil.copy(ckpt.path_for(tmp_path / "whole" / "checkpoints", step), out / "checkpoints")
-        assert train_cli(cfg, out, "--resume") == 0
-        whole, parts = read_results(tmp_path / "whole" / "run.h5"), read_results(out / "run.h5")
-        same(whole, parts, rtol=1e-12)
-        assert np.abs(whole["training"]["loss_per_step"] - parts["training"]["loss_per_step"]).max() == 0.0
+    checkpoints_resume_exactly(tmp_path, DECAY, (45, 95))  # inside slab 2; after the slabs
 
 
 @needs_mpi
 def test_two_ranks_equal_the_serial_run(tmp_path):
-    cfg_path = write_toml(DECAY, tmp_path / "c.toml")
-    assert train_cli(cfg_path, tmp_path / "serial") == 0
-    proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "p")])
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    same(read_results(tmp_path / "serial" / "run.h5"), read_results(tmp_path / "p" / "run.h5"), rtol=1e-8)
+    parallel_equals_serial(tmp_path, DECAY)
 
 
 def test_needs_time_marching():

@@ -14,7 +14,7 @@ from fbpinn import checkpoint as ckpt
 from fbpinn.config import ConfigError
 from fbpinn.io import read_results
 from fbpinn.optim import LBFGS
-from test_checkpoint import same, train_cli
+from test_checkpoint import checkpoints_resume_exactly, parallel_equals_serial, same, train_cli
 from test_parallel import LAPLACE, WAVE_MARCH, mpirun, needs_mpi, write_toml
 
 # 150 steps, the last 50 with L-BFGS; sobol points redrawn every 20 steps during the Adam phase.
@@ -313,25 +313,12 @@ def test_redraws_inside_the_phase(caplog):
 
 
 def test_resume_around_a_redraw_in_the_phase_equals_the_uninterrupted_run(tmp_path):
-    cfg = write_toml({**REDRAW, "checkpoint": {"every": 5, "keep": 30}}, tmp_path / "c.toml")
-    assert train_cli(cfg, tmp_path / "whole") == 0
-    for step in (110, 115):  # just before the redraw of step 111; after it
-        out = tmp_path / f"from{step}"
-        (out / "checkpoints").mkdir(parents=True)
-        shutil.copy(ckpt.path_for(tmp_path / "whole" / "checkpoints", step), out / "checkpoints")
-        assert train_cli(cfg, out, "--resume") == 0
-        whole, parts = read_results(tmp_path / "whole" / "run.h5"), read_results(out / "run.h5")
-        same(whole, parts, rtol=1e-12)
-        assert np.abs(whole["training"]["loss_per_step"] - parts["training"]["loss_per_step"]).max() == 0.0
+    checkpoints_resume_exactly(tmp_path, REDRAW, (110, 115))  # just before the redraw of step 111; after it
 
 
 @needs_mpi
 def test_parallel_redraws_in_the_phase_equal_serial(tmp_path):
-    cfg_path = write_toml(REDRAW, tmp_path / "c.toml")
-    assert train_cli(cfg_path, tmp_path / "serial") == 0
-    proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "p")])
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    same(read_results(tmp_path / "serial" / "run.h5"), read_results(tmp_path / "p" / "run.h5"), rtol=1e-8)
+    parallel_equals_serial(tmp_path, REDRAW)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -93,7 +93,7 @@ class TimeMarching:
 
     def stage_of(self, step: int) -> int:
         """Stage of the 1-based ``step``."""
-        return min((step - 1) // self.steps_per_slab, self.slabs)
+        return marching_stage(step, self.slabs, self.steps_per_slab)
 
     def stage(self, index: int) -> Stage:
         if index >= self.slabs:
@@ -113,13 +113,18 @@ class TimeMarching:
         self.level.axes[self.t_axis].limit = stage.limit if stage.limit is not None else self.level.axes[self.t_axis].n
 
 
+def marching_stage(step: int, slabs: int, steps_per_slab: int) -> int:
+    """Time-marching: the stage of the 1-based ``step``: its slab, or ``slabs`` after the slabs."""
+    return min((step - 1) // steps_per_slab, slabs)
+
+
 def stage_end(cfg, step: int) -> int:
     """The last step of the stage that holds the 1-based ``step``, from the config alone (the
     checkpoint reader needs it without a model): ``training.steps``, or with time-marching the
     slab's last step or, after the slabs, ``training.steps``."""
     sc, steps = cfg.schedule, cfg.training.steps
     index = _stage_index(cfg, step)
-    return steps if index is None or index >= sc.slabs else min(steps, (index + 1) * sc.steps_per_slab)
+    return steps if index is None or index == sc.slabs else min(steps, (index + 1) * sc.steps_per_slab)
 
 
 def stage_start(cfg, step: int) -> int:
@@ -127,13 +132,13 @@ def stage_start(cfg, step: int) -> int:
     with time-marching the slab's first step or, after the slabs, the step after the last slab."""
     sc = cfg.schedule
     index = _stage_index(cfg, step)
-    return 1 if index is None else min(index, sc.slabs) * sc.steps_per_slab + 1
+    return 1 if index is None else index * sc.steps_per_slab + 1
 
 
 def _stage_index(cfg, step: int) -> int | None:
-    """Time-marching: the slab number of ``step`` (slabs or more after the slabs); else None."""
+    """Time-marching: the stage of ``step`` (:func:`marching_stage`); else None."""
     sc = cfg.schedule
-    return (step - 1) // sc.steps_per_slab if sc.kind == "time_marching" else None
+    return marching_stage(step, sc.slabs, sc.steps_per_slab) if sc.kind == "time_marching" else None
 
 
 def learning_rate(cfg, step: int) -> float:

@@ -15,7 +15,7 @@ from fbpinn.config import ConfigError
 from fbpinn.io import read_results
 from fbpinn.optim import LBFGS
 from test_checkpoint import checkpoints_resume_exactly, parallel_equals_serial, same, train_cli
-from test_parallel import LAPLACE, WAVE_MARCH, mpirun, needs_mpi, write_toml
+from test_parallel import INVERSE, LAPLACE, WAVE_MARCH, mpirun, needs_mpi, write_toml
 
 # 150 steps, the last 50 with L-BFGS; sobol points redrawn every 20 steps during the Adam phase.
 LAPLACE_LBFGS = {**LAPLACE, "training": {**LAPLACE["training"], "steps": 150, "lbfgs_steps": 50}}
@@ -329,3 +329,16 @@ def test_parallel_redraws_in_the_phase_equal_serial(tmp_path):
 def test_redraw_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         fbpinn.load_config(data={**REDRAW, "training": {**REDRAW["training"], **override}})
+
+
+@pytest.mark.parametrize("data", [LAPLACE, INVERSE], ids=["laplace", "learned constant"])
+def test_one_process_dot_is_the_scatter_path_bit_for_bit(data):
+    trainer = fbpinn.trainer.Trainer(fbpinn.load_config(data=data))
+    gen = torch.Generator().manual_seed(3)
+    a = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in trainer.params]
+    b = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in trainer.params]
+    fast = trainer.global_dot(a, b)
+    assert trainer._dot_whole
+    trainer._dot_whole = False  # the path of a parallel run: each row's sum scattered into its place
+    assert trainer.global_dot(a, b) == fast
+    assert fast == pytest.approx(sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b)), rel=1e-12)

@@ -27,6 +27,7 @@ CONFIG = Path(__file__).parent.parent / "configs" / "wave2d_small.toml"
 STEPS = 400
 SMALL = ["decomposition.subdomains=[2,2,4]", "network.hidden=[8]", "training.points=[8,8,8]",
          f"training.steps={STEPS}", f"training.decay_steps={STEPS}", "schedule.steps_per_slab=100",
+         "training.lbfgs_steps=0",
          "training.compile=false", "training.threads=1", "training.log_every=5", "training.eval_every=50",
          "test.points=[11,11,9]", "output.snapshot_every=1", "output.snapshot_points=[6,6,5]",
          "output.per_rank=true", "checkpoint.every=0"]

@@ -63,9 +63,10 @@ SMALL_SHORT = ["training.steps=400", "training.decay_steps=400", "schedule.steps
 
 def test_wave2d_small_settings_learn_in_a_short_run():
     # 4 slabs of 100 steps on 2,048 points, the last 40 of each L-BFGS, with the shipped config's
-    # second-order absorbing condition (in a pass of its own): far too short for the field, but each
-    # slab's loss falls. Measured: from 95, 371, 1070 and 3833 at a slab's first step to 11.4, 83,
-    # 23 and 15 (with one L-BFGS step per slab instead: 25, 93, 38 and 50; rel_l2 0.82 against 1.74).
+    # second-order absorbing condition (in a pass of its own) and L-BFGS history: far too short for
+    # the field, but each slab's loss falls. Measured: from 95, 367, 1065 and 3396 at a slab's first
+    # step to 8.1, 62, 22 and 15 (with one L-BFGS step per slab instead: 25, 93, 38 and 50; rel_l2
+    # 0.78 against 1.74).
     cfg = fbpinn.load_config(CONFIGS / "wave2d_small.toml", overrides=SMALL_SHORT)
     assert cfg.problem.absorbing_order == 2
     run = fbpinn.train(cfg)

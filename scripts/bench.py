@@ -32,6 +32,7 @@ import torch
 import fbpinn
 from fbpinn.trainer import Trainer, configure_threads
 from mdsection import replace_section
+from steptime import time_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,16 +54,7 @@ def step_time(cfg, threads: int, compile_: bool, warmup: int, blocks: int, block
     """Median milliseconds per step over ``blocks`` blocks of ``block`` steps."""
     cfg.training.threads, cfg.training.compile = threads, compile_
     configure_threads(threads)
-    trainer = Trainer(cfg)
-    for s in range(1, warmup + 1):
-        trainer.step(s)
-    times = []
-    for b in range(blocks):
-        t0 = time.perf_counter()
-        for s in range(block):
-            trainer.step(warmup + b * block + s + 1)
-        times.append((time.perf_counter() - t0) / block * 1e3)
-    return statistics.median(times)
+    return statistics.median(time_steps(Trainer(cfg), warmup, blocks, block))
 
 
 def main(argv=None) -> int:

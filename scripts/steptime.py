@@ -23,8 +23,8 @@ from fbpinn.config import ConfigError
 from fbpinn.trainer import Trainer
 
 
-def measure(cfg, warmup: int, blocks: int, block: int) -> dict:
-    trainer = Trainer(cfg)
+def time_steps(trainer, warmup: int, blocks: int, block: int) -> list:
+    """Milliseconds per step of ``blocks`` blocks of ``block`` steps each, after ``warmup`` steps."""
     for step in range(1, warmup + 1):
         trainer.step(step)
     times = []
@@ -33,6 +33,12 @@ def measure(cfg, warmup: int, blocks: int, block: int) -> dict:
         for s in range(block):
             trainer.step(warmup + b * block + s + 1)
         times.append((time.perf_counter() - t0) / block * 1e3)
+    return times
+
+
+def measure(cfg, warmup: int, blocks: int, block: int) -> dict:
+    trainer = Trainer(cfg)
+    times = time_steps(trainer, warmup, blocks, block)
     return {"ms": statistics.median(times), "blocks": times, "passes": len(trainer.passes),
             "pairs": trainer.pairs()}
 

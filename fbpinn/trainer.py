@@ -470,7 +470,7 @@ class Trainer:
         every rank adds up its entries in the same order (in float64)."""
         if self._dot_rows is None:
             levels = {id(t): level for _, t, level in self.named_tensors()}
-            self._dot_rows, offset, whole = [], 0, not self.ctx.parallel
+            self._dot_rows, offset = [], 0
             self._dot_shapes = []  # each tensor as (rows, -1): one row per subdomain, one for a constant
             for p in self.params:
                 level = levels[id(p)]
@@ -482,15 +482,11 @@ class Trainer:
                     net = self.model.nets[level]
                     slots = self.dist.owned_slots(level, net)
                     ids, size = net.held[slots], self.model.levels[level].n_subdomains
-                    whole = whole and torch.equal(ids, torch.arange(size))
                     self._dot_shapes.append((p.shape[0], -1))
                 self._dot_rows.append((slots, (ids + offset).to(self.model.device)))
                 offset += size
             self._dot_size = offset
-            # One process: every row is its own and in order, so the vector is the rows' sums
-            # concatenated (the same numbers, without the scatter).
-            self._dot_whole = whole
-        if self._dot_whole:
+        if not self.ctx.parallel:  # every row is its own and in order: the vector is the rows' sums, concatenated
             return float(torch.cat([(x.double() * y.double()).reshape(shape).sum(1)
                                     for x, y, shape in zip(a, b, self._dot_shapes)]).sum())
         parts = torch.zeros(self._dot_size, dtype=torch.float64, device=self.model.device)

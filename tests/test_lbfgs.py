@@ -3,6 +3,7 @@ two-loop recursion, its gain over Adam alone, exact resumes inside the phase, pa
 to serial ones, config errors, and the phases that end each stage of a time-marching schedule."""
 
 import shutil
+import types
 
 import h5py
 import numpy as np
@@ -338,7 +339,7 @@ def test_one_process_dot_is_the_scatter_path_bit_for_bit(data):
     a = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in trainer.params]
     b = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in trainer.params]
     fast = trainer.global_dot(a, b)
-    assert trainer._dot_whole
-    trainer._dot_whole = False  # the path of a parallel run: each row's sum scattered into its place
+    # The path of a parallel run (here its only rank): each row's sum scattered into its place.
+    trainer.ctx = types.SimpleNamespace(parallel=True, rank=0, allreduce=lambda v: v)
     assert trainer.global_dot(a, b) == fast
     assert fast == pytest.approx(sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b)), rel=1e-12)

@@ -163,13 +163,9 @@ def test_parallel_lbfgs_equals_serial(tmp_path, ranks):
     # The gradients still differ from serial ones by rounding (halo contributions are added in another
     # order: 3e-16 of the parameters after 100 Adam steps), which a fixed-step L-BFGS amplifies on this
     # problem: measured 7e-11 after 30 L-BFGS steps (3e-9 after 50), so the phase here is 30 steps.
-    cfg_path = write_toml({**LAPLACE, "training": {**LAPLACE["training"], "steps": 130, "lbfgs_steps": 30}},
-                          tmp_path / "c.toml")
-    assert train_cli(cfg_path, tmp_path / "serial") == 0
-    proc = mpirun(ranks, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "p")])
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert "own + halo" in proc.stdout and "L-BFGS from step 101 to 130" in proc.stdout
-    same(read_results(tmp_path / "serial" / "run.h5"), read_results(tmp_path / "p" / "run.h5"), rtol=1e-9)
+    data = {**LAPLACE, "training": {**LAPLACE["training"], "steps": 130, "lbfgs_steps": 30}}
+    out = parallel_equals_serial(tmp_path, data, ranks=ranks, rtol=1e-9)
+    assert "own + halo" in out and "L-BFGS from step 101 to 130" in out
 
 
 @pytest.mark.parametrize("override, message", [
@@ -209,29 +205,16 @@ def test_time_marching_ends_every_stage_with_lbfgs(caplog):
 
 
 def test_resume_inside_a_slabs_lbfgs_phase_equals_the_uninterrupted_run(tmp_path):
-    cfg = write_toml({**MARCH_LBFGS, "checkpoint": {"every": 5, "keep": 30}}, tmp_path / "c.toml")
-    assert train_cli(cfg, tmp_path / "whole") == 0
-    for step, pairs in ((55, 5), (60, 10)):  # inside slab 2's phase; its last step (the next slab starts Adam)
-        midway = ckpt.path_for(tmp_path / "whole" / "checkpoints", step)
-        assert ckpt.read(midway)["lbfgs"]["steps"] == pairs
-        out = tmp_path / f"from{step}"
-        (out / "checkpoints").mkdir(parents=True)
-        shutil.copy(midway, out / "checkpoints")
-        assert train_cli(cfg, out, "--resume") == 0
-        whole, parts = read_results(tmp_path / "whole" / "run.h5"), read_results(out / "run.h5")
-        same(whole, parts, rtol=1e-12)
-        assert np.abs(whole["training"]["loss_per_step"] - parts["training"]["loss_per_step"]).max() == 0.0
-    assert ckpt.read(ckpt.path_for(tmp_path / "whole" / "checkpoints", 65))["lbfgs"] is None  # Adam again
+    # Inside slab 2's phase; its last step (the next slab starts Adam).
+    checkpoints_resume_exactly(tmp_path, MARCH_LBFGS, (55, 60))
+    folder = tmp_path / "whole" / "checkpoints"
+    assert [ckpt.read(ckpt.path_for(folder, step))["lbfgs"]["steps"] for step in (55, 60)] == [5, 10]
+    assert ckpt.read(ckpt.path_for(folder, 65))["lbfgs"] is None  # Adam again
 
 
 @needs_mpi
 def test_parallel_time_marching_lbfgs_equals_serial(tmp_path):
-    cfg_path = write_toml(MARCH_LBFGS, tmp_path / "c.toml")
-    assert train_cli(cfg_path, tmp_path / "serial") == 0
-    proc = mpirun(2, ["-m", "fbpinn", "train", str(cfg_path), "--out", str(tmp_path / "p")])
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    assert "L-BFGS from step 81 to 90" in proc.stdout
-    same(read_results(tmp_path / "serial" / "run.h5"), read_results(tmp_path / "p" / "run.h5"), rtol=1e-8)
+    assert "L-BFGS from step 81 to 90" in parallel_equals_serial(tmp_path, MARCH_LBFGS)
 
 
 @pytest.mark.parametrize("override, message", [

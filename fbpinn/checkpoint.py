@@ -3,7 +3,7 @@
 A checkpoint holds, assembled from all ranks into full stacked arrays: the parameters
 of every level, Adam's moments and step counts, the problem's learned constants and
 their optimiser state, in an L-BFGS phase (``training.lbfgs_steps``) the L-BFGS state
-(group ``/lbfgs``: the kept pairs, the previous parameters and gradient), the sampler's random state, the step, and the training history
+(group ``/lbfgs``: the kept pairs and their Gram matrices, the previous parameters and gradient), the sampler's random state, the step, and the training history
 so far; for a problem from a config's ``problem.module``, that module's path and the SHA-256
 of its source, which a resumed run compares with its own (:func:`check_compatible`); and the
 run's provenance up to the checkpoint's step (:mod:`fbpinn.provenance`, group ``/provenance``:
@@ -78,7 +78,8 @@ def listing(folder) -> list[tuple[int, Path]]:
 # "sampler_state", "torch_state", "adaptive" (None, or the candidates the last redraw chose), "history", "loss_per_step", "wall_time", "n_ranks", "config" (TOML),
 # "term_names", "problem_module", "problem_module_sha256", "provenance" and "lbfgs" (None before the L-BFGS
 # phase, else {"arrays": {"s<k>/<key>", "y<k>/<key>", "prev_x/<key>", "prev_g/<key>" -> full array},
-# "rho", "pairs", "steps", "gamma"}); <key> is a model parameter's
+# "rho", "pairs", "steps", "gamma", "gram", "slots"}; "gram" (2, K, K): the kept pairs' s_a.y_b and y_a.y_b,
+# "slots" (K,): their places in the optimiser's buffer; both None in a state read from an older checkpoint); <key> is a model parameter's
 # key (fbpinn.model.parameter_key) or "problem/<name>" for a learned constant.
 
 
@@ -116,6 +117,9 @@ def write(path, state: dict) -> Path:
             for path, arr in lbfgs_arrays:
                 f[path] = arr
             f["lbfgs/rho"] = np.asarray(quasi["rho"], dtype=np.float64)
+            if quasi.get("gram") is not None and quasi["pairs"]:
+                f["lbfgs/gram"] = np.asarray(quasi["gram"], dtype=np.float64)
+                f["lbfgs/slots"] = np.asarray(quasi["slots"], dtype=np.int64)
             for name in LBFGS_ATTRIBUTES:
                 f["lbfgs/rho"].attrs[name] = quasi[name]
         f["rng/sampler"] = state["sampler_state"]
@@ -249,6 +253,9 @@ def _lbfgs_layout(f: h5py.File, cfg, step: int, expected: dict) -> tuple[dict, d
             raise _Damage(f"attribute {name} of lbfgs/rho = {value!r} is not a valid value")
         attrs[name] = value
     out = {"lbfgs/rho": ((attrs["pairs"],), np.dtype("float64"))}
+    if "lbfgs/gram" in f or "lbfgs/slots" in f:  # older checkpoints have neither (the Gram matrices are recomputed)
+        out["lbfgs/gram"] = ((2, attrs["pairs"], attrs["pairs"]), np.dtype("float64"))
+        out["lbfgs/slots"] = ((attrs["pairs"],), np.dtype("int64"))
     names = ["prev_x", "prev_g", *(f"{v}{k}" for k in range(attrs["pairs"]) for v in "sy")]
     for path, layout in expected.items():
         if path.startswith("parameters/"):
@@ -383,6 +390,10 @@ def _verify(f: h5py.File) -> dict:
     pool = cfg.training.adaptive_pool * math.prod(cfg.training.points)
     if chosen is not None and (chosen.size and (chosen[0] < 0 or chosen[-1] >= pool) or (np.diff(chosen) <= 0).any()):
         raise _Damage(f"rng/adaptive does not hold increasing candidate numbers in 0..{pool - 1}")
+    slots = data.get("lbfgs/slots")
+    if slots is not None and (len(set(slots.tolist())) != len(slots) or
+                              (len(slots) and not 0 <= slots.min() <= slots.max() <= cfg.training.lbfgs_history)):
+        raise _Damage(f"lbfgs/slots {slots.tolist()} are not distinct slots in 0..{cfg.training.lbfgs_history}")
     record = None
     if provenance.GROUP in f:
         record = provenance.read(f[provenance.GROUP])
@@ -427,8 +438,9 @@ def read(path) -> dict:
     hist, loss_per_step = history.read({p[len("history/"):]: a for p, a in data.items() if p.startswith("history/")})
     quasi = None
     if v["lbfgs"]:  # the L-BFGS phase had begun
-        quasi = {**v["lbfgs"], "rho": data["lbfgs/rho"],
-                 "arrays": {p[len("lbfgs/"):]: a for p, a in data.items() if p.startswith("lbfgs/") and p != "lbfgs/rho"}}
+        quasi = {**v["lbfgs"], "rho": data["lbfgs/rho"], "gram": data.get("lbfgs/gram"), "slots": data.get("lbfgs/slots"),
+                 "arrays": {p[len("lbfgs/"):]: a for p, a in data.items()
+                            if p.startswith("lbfgs/") and p not in ("lbfgs/rho", "lbfgs/gram", "lbfgs/slots")}}
     return {"step": v["step"], "stage": v["stage"], "arrays": arrays, "adam_steps": steps,
             "sampler_state": data["rng/sampler"], "torch_state": data["rng/torch"], "history": hist,
             "adaptive": data.get("rng/adaptive"),
@@ -471,8 +483,8 @@ def all_finite(trainer) -> bool:
     opt = trainer.optimizer
     tensors = [t for _, t, _ in trainer.named_tensors()] + list(opt.exp_avg) + list(opt.exp_avg_sq)
     quasi = getattr(trainer, "lbfgs", None)
-    if quasi is not None and quasi.prev_x is not None:
-        tensors += [t for ts in (quasi.prev_x, quasi.prev_g, *quasi.s, *quasi.y) for t in ts]
+    if quasi is not None:
+        tensors += quasi.tensors()
     bad = sum(int(not torch.isfinite(t).all()) for t in tensors)
     return float(trainer.ctx.allreduce(np.array([float(bad)]))[0]) == 0.0
 

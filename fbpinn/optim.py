@@ -9,6 +9,7 @@ exactly (tested against it).  Its state is a dict of tensors for checkpoints.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -72,9 +73,66 @@ class Adam:
 
 
 def local_dot(a, b) -> float:
-    """The inner product of two lists of tensors (each element once), in float64: the
-    default of :class:`LBFGS` on one process."""
+    """The inner product of two lists of tensors (each element once), in float64."""
     return float(sum(torch.sum(x.double() * y.double()) for x, y in zip(a, b)))
+
+
+class FlatSpace:
+    """The parameters an :class:`LBFGS` works on, as one vector: each tensor's elements (or only the
+    rows ``rows[i]`` of tensor i, along its first axis) in order, concatenated.
+
+    Parameters
+    ----------
+    params : the parameter tensors.
+    rows : per tensor, a LongTensor of the rows that take part, or None for all (default: all).
+    weights : float64 tensor over the vector, or None: how often each element counts in an inner
+        product (under MPI, 1 on the rank that owns an element and 0 on the others, so that every
+        parameter counts once over all ranks).
+    reduce : the sum of a float64 NumPy array over the processes, the same on every one of them
+        (:meth:`fbpinn.parallel.Context.allgather_sum`); None on one process.
+    """
+
+    def __init__(self, params, rows=None, weights=None, reduce=None):
+        self.params = list(params)
+        self.rows = list(rows) if rows is not None else [None] * len(self.params)
+        self.rows = [None if r is None else r.to(p.device) for r, p in zip(self.rows, self.params)]
+        self.sizes = [p.numel() if r is None else len(r) * p[0].numel() for p, r in zip(self.params, self.rows)]
+        self.size = sum(self.sizes)
+        self.weights, self.reduce = weights, reduce
+
+    def gather(self, tensors) -> torch.Tensor:
+        """The vector of ``tensors`` (shaped like the parameters)."""
+        parts = [t.reshape(-1) if r is None else t[r].reshape(-1) for t, r in zip(tensors, self.rows)]
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    def split(self, vec: torch.Tensor) -> list:
+        """Tensors shaped like the parameters (and of their dtype) holding ``vec`` (0 outside the rows)."""
+        out = []
+        for piece, p, r in zip(torch.split(vec, self.sizes), self.params, self.rows):
+            if r is None:
+                out.append(piece.view(p.shape).to(p.dtype).clone())
+            else:
+                full = torch.zeros_like(p)
+                full[r] = piece.view((len(r),) + tuple(p.shape[1:])).to(p.dtype)
+                out.append(full)
+        return out
+
+    def add_(self, vec: torch.Tensor, alpha: float) -> None:
+        """params += alpha * vec (in the parameters' dtype), in place."""
+        for piece, p, r in zip(torch.split(vec, self.sizes), self.params, self.rows):
+            piece = piece.to(p.dtype)
+            if r is None:
+                p.add_(piece.view(p.shape), alpha=alpha)
+            else:
+                p.index_add_(0, r, piece.view((len(r),) + tuple(p.shape[1:])), alpha=alpha)
+
+    def dots(self, A: torch.Tensor, B: torch.Tensor) -> np.ndarray:
+        """All inner products of the rows of A (k, size) with those of B (j, size), float64
+        tensors, as a (k, j) float64 array, over all processes."""
+        if self.weights is not None:
+            B = B * self.weights
+        out = (A @ B.T).cpu().numpy()
+        return out if self.reduce is None else self.reduce(out)
 
 
 class LBFGS:
@@ -86,43 +144,54 @@ class LBFGS:
     condition), so H stays positive definite.  The step is x <- x + t d with t = ``lr``, and on
     the first step t = lr * min(1, 1 / sum |g|) (as torch's L-BFGS without a line search does).
 
-    Every inner product goes through ``dot(a_list, b_list) -> float``: under MPI the trainer
-    passes one that counts every parameter once over all ranks (:meth:`fbpinn.trainer.Trainer.
-    global_dot`), so the directions are those of one process.  ``dot`` must return the same
-    value on every rank.  The state (:meth:`state_dict`) holds the pairs per parameter tensor,
-    rho_k = 1 / s_k.y_k, gamma, the previous parameters and gradient and the step count.
+    The recursion runs on inner products alone: the pairs' Gram matrices S'Y and Y'Y are kept
+    (each step adds a row and a column) and each step takes S'g and Y'g, so that a step computes
+    one matrix product of the stored vectors with [g, s, y] (one reduction under MPI) and one
+    combination of them for the direction, instead of 2 x history inner products and updates
+    one after the other.  The vectors live in one float64 matrix of 2 (history + 1) rows (the
+    pairs and one free slot for the next); s and y are the float32 differences, so a checkpoint
+    in the parameters' dtype holds them exactly.
+
+    ``space`` (:class:`FlatSpace`) gives the vector of the parameters and the inner products
+    (under MPI: counting every parameter once over all ranks, equal on every rank).  The state
+    (:meth:`state_dict`) holds the pairs per parameter tensor, rho_k = 1 / s_k.y_k, the Gram
+    matrices, gamma, the previous parameters and gradient and the step count.
     """
 
     CURVATURE = 1e-10  # a pair is kept where s.y > CURVATURE * y.y
 
-    def __init__(self, params, lr: float = 1.0, history: int = 10, dot=None):
-        self.params = list(params)
+    def __init__(self, params, lr: float = 1.0, history: int = 10, space: FlatSpace | None = None):
+        self.space = space or FlatSpace(params)
+        self.params = self.space.params
         self.lr, self.history = float(lr), int(history)
-        self.dot = dot or local_dot
-        self.s, self.y, self.rho = [], [], []  # pairs, oldest first; s[k], y[k]: one tensor per parameter
+        h = self.history + 1  # slots: the kept pairs and a free one
+        self.V = None  # (2 h, size) float64: row k the s of slot k, row h + k its y (allocated on the first step)
+        self.order = []  # slots of the kept pairs, oldest first
+        self.rho_slot = np.zeros(h)
+        self.SY, self.YY = np.zeros((h, h)), np.zeros((h, h))  # SY[a, b] = s_a.y_b, YY[a, b] = y_a.y_b
         self.gamma = 1.0
-        self.prev_x, self.prev_g = None, None
+        self.prev_x, self.prev_g = None, None  # vectors (the parameters' dtype)
         self.steps = 0  # steps taken
         self.last_t = self.lr  # the step length of the last step
+
+    # ------------------------------------------------------------ the pairs, as lists
+    @property
+    def s(self) -> list:
+        """The kept s_k, oldest first, each as tensors shaped like the parameters."""
+        return [self.space.split(self.V[k]) for k in self.order]
+
+    @property
+    def y(self) -> list:
+        h = self.history + 1
+        return [self.space.split(self.V[h + k]) for k in self.order]
+
+    @property
+    def rho(self) -> list:
+        return [float(self.rho_slot[k]) for k in self.order]
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
-
-    def direction(self, g) -> list:
-        """-H g by the two-loop recursion over the stored pairs (H0 = gamma I)."""
-        q = [t.clone() for t in g]
-        alphas = []
-        for s, y, rho in zip(reversed(self.s), reversed(self.y), reversed(self.rho)):
-            a = rho * self.dot(s, q)
-            alphas.append(a)
-            torch._foreach_add_(q, y, alpha=-a)
-        torch._foreach_mul_(q, self.gamma)
-        for s, y, rho, a in zip(self.s, self.y, self.rho, reversed(alphas)):
-            b = rho * self.dot(y, q)
-            torch._foreach_add_(q, s, alpha=a - b)
-        torch._foreach_neg_(q)
-        return q
 
     def new_loss(self) -> None:
         """The loss changed (fresh collocation points) since the last step: the next step forms no
@@ -130,46 +199,123 @@ class LBFGS:
         curvature of a fresh draw of the same loss is about the same)."""
         self.prev_x, self.prev_g = None, None
 
+    def _buffer(self) -> torch.Tensor:
+        if self.V is None:
+            p = self.params[0] if self.params else torch.zeros(0)
+            self.V = torch.zeros(2 * (self.history + 1), self.space.size, dtype=torch.float64, device=p.device)
+        return self.V
+
+    def _free_slot(self) -> int:
+        return next(k for k in range(self.history + 1) if k not in self.order)
+
+    def _keep(self, slot: int, G: np.ndarray) -> bool:
+        """Keep the pair just written to ``slot`` if it has curvature, from G = V [g, s, y]'."""
+        h = self.history + 1
+        sy, yy = G[slot, 2], G[h + slot, 2]
+        if not sy > self.CURVATURE * yy:
+            return False
+        kept = np.array(self.order + [slot])
+        self.SY[slot, kept] = G[h + kept, 1]  # s.y_b
+        self.SY[kept, slot] = G[kept, 2]  # s_a.y
+        self.YY[slot, kept] = self.YY[kept, slot] = G[h + kept, 2]
+        self.rho_slot[slot], self.gamma = 1.0 / sy, sy / yy
+        self.order.append(slot)
+        if len(self.order) > self.history:
+            self.order.pop(0)
+        return True
+
+    def _coefficients(self, G: np.ndarray):
+        """The direction -H g as (c, c_g): d = c' V + c_g g, from G[:, 0] = V g (the two-loop
+        recursion, written with the Gram matrices)."""
+        h = self.history + 1
+        idx = np.array(self.order, dtype=np.int64)
+        m = len(idx)
+        Sg, Yg = G[idx, 0], G[h + idx, 0]
+        SY, YY, rho = self.SY[np.ix_(idx, idx)], self.YY[np.ix_(idx, idx)], self.rho_slot[idx]
+        a = np.zeros(m)
+        for i in range(m - 1, -1, -1):  # q_i = g - sum_{j > i} a_j y_j; a_i = rho_i s_i.q_i
+            a[i] = rho[i] * (Sg[i] - SY[i, i + 1:] @ a[i + 1:])
+        yq = Yg - YY @ a  # y_i.q_0
+        b = np.zeros(m)
+        for i in range(m):  # r_i = gamma q_0 + sum_{j < i} (a_j - b_j) s_j; b_i = rho_i y_i.r_i
+            b[i] = rho[i] * (self.gamma * yq[i] + (a[:i] - b[:i]) @ SY[:i, i])
+        c = np.zeros(2 * h)  # d = -r_m = -gamma g + gamma sum a_j y_j - sum (a_j - b_j) s_j
+        c[idx] = b - a
+        c[h + idx] = self.gamma * a
+        return c, -self.gamma
+
     @torch.no_grad()
     def step(self) -> None:
         """One update with the gradients in ``p.grad`` (a parameter without one has gradient 0)."""
-        x = [p.detach() for p in self.params]
-        g = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        space, h = self.space, self.history + 1
+        x = space.gather([p.detach() for p in self.params])
+        g = space.gather([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
+        V, g64 = self._buffer(), g.double()
         if self.steps > 0 and self.prev_x is not None:
-            s = torch._foreach_sub(x, self.prev_x)
-            y = torch._foreach_sub(g, self.prev_g)
-            sy, yy = self.dot(s, y), self.dot(y, y)
-            if sy > self.CURVATURE * yy:
-                self.s.append(s)
-                self.y.append(y)
-                self.rho.append(1.0 / sy)
-                self.gamma = sy / yy
-                if len(self.s) > self.history:
-                    del self.s[0], self.y[0], self.rho[0]
-        d = self.direction(g)
+            slot = self._free_slot()
+            V[slot] = x - self.prev_x
+            V[h + slot] = g - self.prev_g
+            G = space.dots(V, torch.stack([g64, V[slot], V[h + slot]]))
+            self._keep(slot, G)
+        else:
+            G = space.dots(V, g64[None])
+        c, cg = self._coefficients(G)
+        d = torch.as_tensor(c, dtype=torch.float64, device=V.device) @ V + cg * g64
         t = self.lr
         if self.steps == 0:
-            total = self.dot(g, [torch.sign(v) for v in g])  # sum |g|
+            total = float(space.dots(g64[None], torch.sign(g64)[None])[0, 0])  # sum |g|
             t = self.lr * min(1.0, 1.0 / total) if total > 0 else self.lr
-        self.prev_x = [v.clone() for v in x]
-        self.prev_g = [v.clone() for v in g]
-        torch._foreach_add_(x, d, alpha=t)
+        self.prev_x, self.prev_g = x, g
+        space.add_(d, alpha=t)
         self.steps += 1
         self.last_t = t
 
+    def tensors(self) -> list:
+        """The state's tensors (for a finiteness check)."""
+        if self.prev_x is None:
+            return []
+        h = self.history + 1
+        rows = self.order + [h + k for k in self.order]
+        return [self.prev_x, self.prev_g, self.V[rows]]
+
     def state_dict(self) -> dict:
-        """The state as tensors and plain values (copies)."""
-        copy = lambda ts: None if ts is None else [t.clone() for t in ts]  # noqa: E731
-        return {"lr": self.lr, "history": self.history, "s": [copy(s) for s in self.s],
-                "y": [copy(y) for y in self.y], "rho": list(self.rho), "gamma": self.gamma,
-                "prev_x": copy(self.prev_x), "prev_g": copy(self.prev_g), "steps": self.steps}
+        """The state as tensors shaped like the parameters and plain values (copies)."""
+        split = lambda v: None if v is None else self.space.split(v)  # noqa: E731
+        idx = np.array(self.order, dtype=np.int64)
+        return {"lr": self.lr, "history": self.history, "s": self.s, "y": self.y, "rho": self.rho,
+                "gram": np.stack([self.SY[np.ix_(idx, idx)], self.YY[np.ix_(idx, idx)]]), "slots": list(self.order),
+                "gamma": self.gamma, "prev_x": split(self.prev_x), "prev_g": split(self.prev_g), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
-        """Take a state of :meth:`state_dict` (tensors are copied onto the parameters' devices and dtypes)."""
-        like = lambda ts: None if ts is None else [torch.as_tensor(t).to(p.device, p.dtype).clone()  # noqa: E731
-                                                   for t, p in zip(ts, self.params)]
+        """Take a state of :meth:`state_dict` (tensors are moved onto the parameters' devices).  Where
+        ``state`` lacks them, the Gram matrices are recomputed and the pairs take slots 0 .. K - 1
+        (the slots matter only to the last bit: they fix the order of the sums)."""
+        space = self.space
+        vec = lambda ts: None if ts is None else space.gather(  # noqa: E731
+            [torch.as_tensor(t).to(p.device, p.dtype) for t, p in zip(ts, self.params)])
         self.lr, self.history = float(state["lr"]), int(state["history"])
-        self.s, self.y = [like(s) for s in state["s"]], [like(y) for y in state["y"]]
-        self.rho, self.gamma = [float(r) for r in state["rho"]], float(state["gamma"])
-        self.prev_x, self.prev_g = like(state["prev_x"]), like(state["prev_g"])
+        pairs = len(state["rho"])
+        if pairs > self.history:
+            raise ValueError(f"the state holds {pairs} pairs, more than history = {self.history}")
+        h = self.history + 1
+        self.V = None
+        V = self._buffer()
+        slots = state.get("slots")
+        slots = list(range(pairs)) if slots is None else [int(k) for k in slots]
+        if len(slots) != pairs or len(set(slots)) != pairs or not all(0 <= k < h for k in slots):
+            raise ValueError(f"the state's slots {slots} are not {pairs} distinct slots in 0..{h - 1}")
+        for k, s, y in zip(slots, state["s"], state["y"]):
+            V[k], V[h + k] = vec(s), vec(y)
+        self.order = slots
+        idx = np.array(slots, dtype=np.int64)
+        self.rho_slot = np.zeros(h)
+        self.rho_slot[idx] = np.asarray(state["rho"], dtype=np.float64)
+        self.SY, self.YY = np.zeros((h, h)), np.zeros((h, h))
+        gram = state.get("gram")
+        if gram is None and pairs:
+            gram = np.stack([space.dots(V[idx], V[h + idx]), space.dots(V[h + idx], V[h + idx])])  # s_a.y_b, y_a.y_b
+        if pairs:
+            self.SY[np.ix_(idx, idx)], self.YY[np.ix_(idx, idx)] = np.asarray(gram[0]), np.asarray(gram[1])
+        self.gamma = float(state["gamma"])
+        self.prev_x, self.prev_g = vec(state["prev_x"]), vec(state["prev_g"])
         self.steps = int(state["steps"])

@@ -95,6 +95,20 @@ class Context:
             self.comm.Allreduce(np.ascontiguousarray(array), out, op=MPI.SUM)
         return out
 
+    def allgather_sum(self, array: np.ndarray) -> np.ndarray:
+        """The sum over ranks of a float64 numpy array, taken in rank order by every rank: the same
+        bits everywhere, whatever reduction order the MPI library would choose."""
+        if not self.parallel:
+            return array
+        array = np.ascontiguousarray(array, dtype=np.float64)
+        out = np.empty((self.size,) + array.shape, dtype=np.float64)
+        with collective():
+            self.comm.Allgather(array, out)
+        total = out[0].copy()
+        for part in out[1:]:
+            total += part
+        return total
+
     def allreduce_grads(self, tensors) -> None:
         """Sum the ``.grad`` of each tensor over ranks, in place."""
         if not self.parallel or not tensors:

@@ -33,7 +33,7 @@ from .decomposition import config_levels
 from .derivatives import closure, parse
 from .domains import sample
 from .model import FBPINN, parameter_key, stacked_parameters
-from .optim import LBFGS, Adam
+from .optim import LBFGS, Adam, FlatSpace
 from .parallel import Context, Distribution, configure_threads as parallel_threads, select_device
 from .problems import Derivs, Term
 from .signals import received, stop_signals
@@ -163,7 +163,6 @@ class Trainer:
         self.resample()
         self.params = list(self.model.parameters()) + list(self.problem.parameters().values())
         self.optimizer = Adam(self.params, lr=tr.lr)
-        self._dot_rows, self._dot_size = None, 0  # see global_dot
         self.lbfgs = None  # the LBFGS of the stage's final phase (training.lbfgs_steps), once it has begun
         # This rank's box of the test grid (the whole grid on one process); no rank builds the whole grid.
         self.test_offset, self.test_shape, self.x_test = self._test_block()  # x_test: (n_local, d) float64
@@ -459,45 +458,34 @@ class Trainer:
 
     def _new_lbfgs(self) -> LBFGS:
         tr = self.cfg.training
-        return LBFGS(self.params, lr=tr.lbfgs_lr, history=tr.lbfgs_history, dot=self.global_dot)
+        return LBFGS(self.params, lr=tr.lbfgs_lr, history=tr.lbfgs_history, space=self._lbfgs_space())
 
-    def global_dot(self, a, b) -> float:
-        """The inner product of two lists of tensors shaped like ``self.params``, over the whole model,
-        equal on every rank and bitwise equal to a one-process run's: each subdomain's part (a row of a
-        stacked tensor) is summed by the one rank that owns it (rank 0 for the replicated levels and the
-        learned constants) into its place in a vector of all subdomains, the vector is summed over the
-        ranks in one reduction (each entry has one contributor, so the reduction adds only zeros), and
-        every rank adds up its entries in the same order (in float64)."""
-        if self._dot_rows is None:
-            levels = {id(t): level for _, t, level in self.named_tensors()}
-            self._dot_rows, offset = [], 0
-            self._dot_shapes = []  # each tensor as (rows, -1): one row per subdomain, one for a constant
-            for p in self.params:
-                level = levels[id(p)]
-                if level is None:  # a learned constant: one entry, filled by rank 0
-                    slots = None if self.ctx.rank == 0 else torch.zeros(0, dtype=torch.long)
-                    ids, size = torch.zeros(1 if slots is None else 0, dtype=torch.long), 1
-                    self._dot_shapes.append((1, -1))
-                else:
-                    net = self.model.nets[level]
-                    slots = self.dist.owned_slots(level, net)
-                    ids, size = net.held[slots], self.model.levels[level].n_subdomains
-                    self._dot_shapes.append((p.shape[0], -1))
-                self._dot_rows.append((slots, (ids + offset).to(self.model.device)))
-                offset += size
-            self._dot_size = offset
-        if not self.ctx.parallel:  # every row is its own and in order: the vector is the rows' sums, concatenated
-            return float(torch.cat([(x.double() * y.double()).reshape(shape).sum(1)
-                                    for x, y, shape in zip(a, b, self._dot_shapes)]).sum())
-        parts = torch.zeros(self._dot_size, dtype=torch.float64, device=self.model.device)
-        for x, y, (slots, ids) in zip(a, b, self._dot_rows):
-            if slots is None:
-                parts[ids] = torch.sum(x.double() * y.double())
-            elif len(slots):
-                rows = slots.to(x.device)
-                parts[ids] = (x[rows].double() * y[rows].double()).reshape(len(rows), -1).sum(1)
-        summed = self.ctx.allreduce(parts.cpu().numpy())
-        return float(torch.from_numpy(summed).sum())
+    def _lbfgs_space(self) -> FlatSpace:
+        """The vector L-BFGS works on: the rows of the stacked tensors this rank holds that train in
+        this stage (time-marching leaves the frozen slabs out: their gradient is 0), and the learned
+        constants.  Under MPI each element counts in the inner products on the rank that owns its
+        subdomain (rank 0 for replicated levels and the constants), and the ranks' parts of an inner
+        product are summed in rank order, so that every rank takes the same direction."""
+        levels = {id(t): level for _, t, level in self.named_tensors()}
+        trainable = self.stage.trainable
+        rows, weights = [], []
+        for p in self.params:
+            level = levels[id(p)]
+            if level is None:  # a learned constant
+                rows.append(None)
+                weights.append(torch.full((p.numel(),), float(self.ctx.rank == 0), dtype=torch.float64))
+                continue
+            net = self.model.nets[level]
+            slots = torch.arange(net.n_held)
+            if trainable is not None and level == 0:
+                slots = slots[trainable[net.held]]
+            owned = torch.isin(slots, self.dist.owned_slots(level, net)).double()
+            rows.append(None if len(slots) == net.n_held else slots)
+            weights.append(owned.repeat_interleave(p[0].numel()))
+        weight = torch.cat(weights).to(self.model.device) if weights else None
+        if not self.ctx.parallel:
+            weight = None  # one process owns everything
+        return FlatSpace(self.params, rows, weight, self.ctx.allgather_sum if self.ctx.parallel else None)
 
     def _test_block(self, points=None):
         """Offset and shape of this rank's box of the test grid (or of the grid of ``points`` per
@@ -689,7 +677,8 @@ class Trainer:
         cfg = self.cfg
         lbfgs_state = None if quasi is None else {
             "arrays": lbfgs_arrays, "rho": np.asarray(quasi["rho"], dtype=np.float64), "pairs": len(quasi["rho"]),
-            "steps": quasi["steps"], "gamma": float(quasi["gamma"])}
+            "steps": quasi["steps"], "gamma": float(quasi["gamma"]), "gram": np.asarray(quasi["gram"], dtype=np.float64),
+            "slots": np.asarray(quasi["slots"], dtype=np.int64)}
         return {"step": step, "stage": self.stage.index, "arrays": arrays, "adam_steps": steps,
                 "sampler_state": self.sample_state.numpy(), "torch_state": torch.get_rng_state().numpy(),
                 "adaptive": self.adaptive_chosen,
@@ -750,7 +739,8 @@ class Trainer:
             "lr": self.cfg.training.lbfgs_lr, "history": self.cfg.training.lbfgs_history,
             "s": [tensors(f"s{k}") for k in range(pairs)], "y": [tensors(f"y{k}") for k in range(pairs)],
             "rho": list(np.asarray(quasi["rho"], dtype=np.float64)), "gamma": float(quasi["gamma"]),
-            "prev_x": tensors("prev_x"), "prev_g": tensors("prev_g"), "steps": int(quasi["steps"])})
+            "prev_x": tensors("prev_x"), "prev_g": tensors("prev_g"), "steps": int(quasi["steps"]),
+            "gram": quasi.get("gram"), "slots": quasi.get("slots")})
 
     # ------------------------------------------------------------------ training
     def run(self, checkpoints=None, resume: dict | None = None) -> Run:

@@ -3,7 +3,6 @@ two-loop recursion, its gain over Adam alone, exact resumes inside the phase, pa
 to serial ones, config errors, and the phases that end each stage of a time-marching schedule."""
 
 import shutil
-import types
 
 import h5py
 import numpy as np
@@ -14,9 +13,9 @@ import fbpinn
 from fbpinn import checkpoint as ckpt
 from fbpinn.config import ConfigError
 from fbpinn.io import read_results
-from fbpinn.optim import LBFGS
+from fbpinn.optim import LBFGS, FlatSpace
 from test_checkpoint import checkpoints_resume_exactly, parallel_equals_serial, same, train_cli
-from test_parallel import INVERSE, LAPLACE, WAVE_MARCH, mpirun, needs_mpi, write_toml
+from test_parallel import LAPLACE, WAVE_MARCH, mpirun, needs_mpi, write_toml
 
 # 150 steps, the last 50 with L-BFGS; sobol points redrawn every 20 steps during the Adam phase.
 LAPLACE_LBFGS = {**LAPLACE, "training": {**LAPLACE["training"], "steps": 150, "lbfgs_steps": 50}}
@@ -315,14 +314,61 @@ def test_redraw_config_errors(override, message):
         fbpinn.load_config(data={**REDRAW, "training": {**REDRAW["training"], **override}})
 
 
-@pytest.mark.parametrize("data", [LAPLACE, INVERSE], ids=["laplace", "learned constant"])
-def test_one_process_dot_is_the_scatter_path_bit_for_bit(data):
-    trainer = fbpinn.trainer.Trainer(fbpinn.load_config(data=data))
-    gen = torch.Generator().manual_seed(3)
-    a = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in trainer.params]
-    b = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in trainer.params]
-    fast = trainer.global_dot(a, b)
-    # The path of a parallel run (here its only rank): each row's sum scattered into its place.
-    trainer.ctx = types.SimpleNamespace(parallel=True, rank=0, allreduce=lambda v: v)
-    assert trainer.global_dot(a, b) == fast
-    assert fast == pytest.approx(sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b)), rel=1e-12)
+def test_flat_space_takes_its_rows_and_counts_each_element_where_it_is_owned():
+    gen = torch.Generator().manual_seed(0)
+    p1 = torch.randn(4, 3, 2, generator=gen, dtype=torch.float64)
+    p2 = torch.randn(5, generator=gen, dtype=torch.float64)
+    space = FlatSpace([p1, p2], rows=[torch.tensor([0, 2, 3]), None])
+    v = space.gather([p1, p2])
+    assert space.size == v.numel() == 3 * 6 + 5
+    torch.testing.assert_close(v, torch.cat([p1[[0, 2, 3]].reshape(-1), p2]), rtol=0, atol=0)
+    back = space.split(v)
+    assert torch.equal(back[0][[0, 2, 3]], p1[[0, 2, 3]]) and not back[0][1].any() and torch.equal(back[1], p2)
+    before = [p1.clone(), p2.clone()]
+    space.add_(torch.arange(v.numel(), dtype=torch.float64), alpha=0.5)
+    assert torch.equal(p1[1], before[0][1])  # a row outside the space is untouched
+    assert torch.equal(p1[2], before[0][2] + 0.5 * torch.arange(6, 12, dtype=torch.float64).view(3, 2))
+    assert torch.equal(p2, before[1] + 0.5 * torch.arange(18, 23, dtype=torch.float64))
+    # Two processes, each owning part of the elements (weight 1 there, 0 elsewhere): their parts of
+    # every inner product sum to the one-process products.
+    A = torch.randn(3, v.numel(), generator=gen, dtype=torch.float64)
+    B = torch.randn(2, v.numel(), generator=gen, dtype=torch.float64)
+    mine = (torch.arange(v.numel()) % 3 == 0).double()
+    parts = [FlatSpace([p1, p2], [torch.tensor([0, 2, 3]), None], w).dots(A, B) for w in (mine, 1 - mine)]
+    np.testing.assert_allclose(parts[0] + parts[1], space.dots(A, B), rtol=1e-13)
+    np.testing.assert_allclose(space.dots(A, B), (A @ B.T).numpy(), rtol=1e-13)
+
+
+def test_time_marching_lbfgs_leaves_the_frozen_slabs_out():
+    trainer = fbpinn.trainer.Trainer(fbpinn.load_config(data=MARCH_LBFGS))
+    for step in range(1, 56):  # into slab 2's phase (steps 51 to 60)
+        trainer.step(step)
+    trainable = trainer.stage.trainable
+    assert 0 < int(trainable.sum()) < len(trainable)
+    assert trainer.lbfgs.space.size == sum(int(trainable.sum()) * p[0].numel() for p in trainer.params)
+    before = [p.detach().clone() for p in trainer.params]
+    for step in range(56, 61):
+        trainer.step(step)
+    for p, b in zip(trainer.params, before):
+        assert torch.equal(p.detach()[~trainable], b[~trainable])  # the frozen slab and the later ones
+        assert not torch.equal(p.detach()[trainable], b[trainable])
+
+
+def test_a_checkpoint_without_the_gram_matrices_resumes_and_bad_slots_are_refused(tmp_path):
+    cfg = write_toml({**LAPLACE_LBFGS, "checkpoint": {"every": 5, "keep": 1000}}, tmp_path / "c.toml")
+    assert train_cli(cfg, tmp_path / "whole") == 0
+    state = ckpt.read(ckpt.path_for(tmp_path / "whole" / "checkpoints", 125))
+    quasi = state["lbfgs"]
+    assert quasi["gram"].shape == (2, 10, 10) and len(set(quasi["slots"].tolist()) & set(range(11))) == 10
+    np.testing.assert_allclose(1.0 / np.diag(quasi["gram"][0]), quasi["rho"], rtol=1e-14)  # s_k.y_k
+    # As an older checkpoint (no Gram matrices, no slots): recomputed, the run ends as the whole one.
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    ckpt.write(ckpt.path_for(tmp_path / "old" / "checkpoints", 125), {**state, "lbfgs": {**quasi, "gram": None}})
+    with h5py.File(ckpt.path_for(tmp_path / "old" / "checkpoints", 125)) as f:
+        assert "lbfgs/gram" not in f and "lbfgs/slots" not in f and "lbfgs/s9/level0/W0" in f
+    assert train_cli(cfg, tmp_path / "old", "--resume") == 0
+    same(read_results(tmp_path / "whole" / "run.h5"), read_results(tmp_path / "old" / "run.h5"), rtol=1e-9)
+    broken = tmp_path / "broken.h5"
+    ckpt.write(broken, {**state, "lbfgs": {**quasi, "slots": np.zeros(10, dtype=np.int64)}})
+    with pytest.raises(ckpt.CheckpointError, match=r"lbfgs/slots \[0, 0, .*\] are not distinct slots in 0..10"):
+        ckpt.read(broken)

@@ -1,7 +1,8 @@
-"""Time the training step of a config: the median of blocks of steps after a warm-up, in its first
-stage (time-marching: the first slab), with the overrides given.
+"""Time the training step of a config: the median of blocks of steps after a warm-up, from its first
+step or from ``--start`` (time-marching: from the slab that holds it), with the overrides given.
 
     python scripts/steptime.py configs/wave2d_small.toml --threads 2 --set problem.absorbing_order=2
+    python scripts/steptime.py configs/wave2d_small.toml --start 14001     # the third slab
 
 Prints one line per config: ms per step (median and the blocks), the model passes per step and the
 (point, subdomain) pairs.  With ``training.compile = true`` the warm-up includes the compilation.
@@ -23,22 +24,23 @@ from fbpinn.config import ConfigError
 from fbpinn.trainer import Trainer
 
 
-def time_steps(trainer, warmup: int, blocks: int, block: int) -> list:
-    """Milliseconds per step of ``blocks`` blocks of ``block`` steps each, after ``warmup`` steps."""
-    for step in range(1, warmup + 1):
+def time_steps(trainer, warmup: int, blocks: int, block: int, start: int = 1) -> list:
+    """Milliseconds per step of ``blocks`` blocks of ``block`` steps each, after ``warmup`` steps, the
+    first of them step ``start``."""
+    for step in range(start, start + warmup):
         trainer.step(step)
     times = []
     for b in range(blocks):
         t0 = time.perf_counter()
         for s in range(block):
-            trainer.step(warmup + b * block + s + 1)
+            trainer.step(start + warmup + b * block + s)
         times.append((time.perf_counter() - t0) / block * 1e3)
     return times
 
 
-def measure(cfg, warmup: int, blocks: int, block: int) -> dict:
+def measure(cfg, warmup: int, blocks: int, block: int, start: int = 1) -> dict:
     trainer = Trainer(cfg)
-    times = time_steps(trainer, warmup, blocks, block)
+    times = time_steps(trainer, warmup, blocks, block, start)
     return {"ms": statistics.median(times), "blocks": times, "passes": len(trainer.passes),
             "pairs": trainer.pairs()}
 
@@ -51,8 +53,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--blocks", type=int, default=5)
     p.add_argument("--block", type=int, default=10)
+    p.add_argument("--start", type=int, default=1, help="the first step (default 1)")
     args = p.parse_args(argv)
-    for key in ("threads", "warmup", "blocks", "block"):
+    for key in ("threads", "warmup", "blocks", "block", "start"):
         if getattr(args, key) < 1:
             p.error(f"--{key} must be >= 1, got {getattr(args, key)}")
     logging.basicConfig(level=logging.WARNING)
@@ -61,13 +64,15 @@ def main(argv=None) -> int:
     except (ConfigError, OSError) as e:
         print(f"steptime: {e}", file=sys.stderr)
         return 2
-    if args.warmup + args.blocks * args.block > cfg.training.steps:
-        print(f"steptime: {args.warmup + args.blocks * args.block} steps are more than training.steps = "
-              f"{cfg.training.steps}", file=sys.stderr)
+    last = args.start - 1 + args.warmup + args.blocks * args.block
+    if last > cfg.training.steps:
+        print(f"steptime: steps {args.start} to {last} go past training.steps = {cfg.training.steps}",
+              file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    r = measure(cfg, args.warmup, args.blocks, args.block)
-    print(f"{args.config} {' '.join(args.set)}: {r['ms']:.1f} ms/step (blocks "
+    r = measure(cfg, args.warmup, args.blocks, args.block, args.start)
+    where = f" from step {args.start}" if args.start > 1 else ""
+    print(f"{args.config} {' '.join(args.set)}{where}: {r['ms']:.1f} ms/step (blocks "
           f"{', '.join(f'{t:.1f}' for t in r['blocks'])}), {r['passes']} pass(es), {r['pairs']:,} pairs")
     return 0
 

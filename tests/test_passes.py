@@ -77,7 +77,11 @@ def test_steptime_script_reports_the_passes(tmp_path, capsys):
     trainer = Trainer(fbpinn.load_config(data=WAVE))
     assert int(found[4].replace(",", "")) == trainer.pairs()
     assert script.main(args[:-1] + ["training.steps=2"]) == 2  # fewer steps than the timing needs
-    assert "more than training.steps = 2" in capsys.readouterr().err
+    assert "steps 1 to 3 go past training.steps = 2" in capsys.readouterr().err
+    assert script.main(args + ["--start", "3"]) == 0  # steps 3 to 5
+    assert re.search(r"from step 3: [0-9.]+ ms/step", capsys.readouterr().out)
+    assert script.main(args + ["--start", "4"]) == 2
+    assert "steps 4 to 6 go past training.steps = 5" in capsys.readouterr().err
     assert script.main([str(tmp_path / "missing.toml")]) == 2
 
 

@@ -5,6 +5,9 @@ noticeable share of a step on small problems.  :class:`Adam` keeps its state in
 plain lists and calls the fused kernel directly where this torch has it (falling
 back to ``torch._foreach`` arithmetic otherwise); it follows torch's Adam update
 exactly (tested against it).  Its state is a dict of tensors for checkpoints.
+
+:class:`LBFGS` is the optimiser of a final phase of training; :class:`FlatSpace` gives it the
+parameters as one vector (under MPI: this rank's part, and inner products over all ranks).
 """
 
 from __future__ import annotations
@@ -70,11 +73,6 @@ class Adam:
         for dst, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq"), (self.steps, "steps")):
             for d, s in zip(dst, state[key]):
                 d.copy_(s)
-
-
-def local_dot(a, b) -> float:
-    """The inner product of two lists of tensors (each element once), in float64."""
-    return float(sum(torch.sum(x.double() * y.double()) for x, y in zip(a, b)))
 
 
 class FlatSpace:

@@ -206,12 +206,12 @@ class LBFGS:
     def _free_slot(self) -> int:
         return next(k for k in range(self.history + 1) if k not in self.order)
 
-    def _keep(self, slot: int, G: np.ndarray) -> bool:
+    def _keep(self, slot: int, G: np.ndarray) -> None:
         """Keep the pair just written to ``slot`` if it has curvature, from G = V [g, s, y]'."""
         h = self.history + 1
         sy, yy = G[slot, 2], G[h + slot, 2]
         if not sy > self.CURVATURE * yy:
-            return False
+            return
         kept = np.array(self.order + [slot])
         self.SY[slot, kept] = G[h + kept, 1]  # s.y_b
         self.SY[kept, slot] = G[kept, 2]  # s_a.y
@@ -220,7 +220,6 @@ class LBFGS:
         self.order.append(slot)
         if len(self.order) > self.history:
             self.order.pop(0)
-        return True
 
     def _coefficients(self, G: np.ndarray):
         """The direction -H g as (c, c_g): d = c' V + c_g g, from G[:, 0] = V g (the two-loop

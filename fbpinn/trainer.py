@@ -468,24 +468,25 @@ class Trainer:
         product are summed in rank order, so that every rank takes the same direction."""
         levels = {id(t): level for _, t, level in self.named_tensors()}
         trainable = self.stage.trainable
+        parallel = self.ctx.parallel  # one process owns everything: no weights, no reduction
         rows, weights = [], []
         for p in self.params:
             level = levels[id(p)]
             if level is None:  # a learned constant
                 rows.append(None)
-                weights.append(torch.full((p.numel(),), float(self.ctx.rank == 0), dtype=torch.float64))
+                if parallel:
+                    weights.append(torch.full((p.numel(),), float(self.ctx.rank == 0), dtype=torch.float64))
                 continue
             net = self.model.nets[level]
             slots = torch.arange(net.n_held)
             if trainable is not None and level == 0:
                 slots = slots[trainable[net.held]]
-            owned = torch.isin(slots, self.dist.owned_slots(level, net)).double()
             rows.append(None if len(slots) == net.n_held else slots)
-            weights.append(owned.repeat_interleave(p[0].numel()))
+            if parallel:
+                owned = torch.isin(slots, self.dist.owned_slots(level, net)).double()
+                weights.append(owned.repeat_interleave(p[0].numel()))
         weight = torch.cat(weights).to(self.model.device) if weights else None
-        if not self.ctx.parallel:
-            weight = None  # one process owns everything
-        return FlatSpace(self.params, rows, weight, self.ctx.allgather_sum if self.ctx.parallel else None)
+        return FlatSpace(self.params, rows, weight, self.ctx.allgather_sum if parallel else None)
 
     def _test_block(self, points=None):
         """Offset and shape of this rank's box of the test grid (or of the grid of ``points`` per

@@ -276,7 +276,38 @@ class Trainer:
             bounds = np.cumsum([0] + [self.terms[k].x.shape[0] for k in members])
             self.passes.append(Pass(self.model.prepare(x, orders, frozen),
                                     [(k, slice(int(a), int(b))) for k, a, b in zip(members, bounds[:-1], bounds[1:])]))
+        # Each term's weight / global point count, as a tensor: a Python number that changes with
+        # every redraw (the slab's share of the points) would make torch.compile compile again.
+        self.term_scales = [torch.tensor(t.weight / (t.n_global or t.x.shape[0]), dtype=self.dtype,
+                                         device=self.model.device) for t in self.terms]
         self._prepare_causal()
+        if self.cfg.training.compile:
+            self._mark_dynamic()
+
+    def _mark_dynamic(self) -> None:
+        """Tell torch.compile which sizes of the prepared tensors change from one draw of the points
+        to the next (point counts, the padded pairs per subdomain), so that its first compilation
+        holds for every draw and every slab with the same layout (subdomain groups per pass).
+        Without this it compiles for the first draw's sizes, again for each size that later
+        changes (a cold compilation of a wave2d step takes one to two minutes), and falls back to
+        eager execution once it has compiled too often.  The group sizes stay static: marked
+        dynamic they gain nothing (the grouping rarely changes) and may slow the kernels."""
+        mark = torch._dynamo.maybe_mark_dynamic
+        for batch, _ in self.passes:
+            mark(batch.x, 0)
+            for t in (batch.a, batch.b, batch.fixed):
+                if t is not None:
+                    mark(t, 1)
+            for block in batch.blocks:
+                mark(block.index, 0)
+                mark(block.t_in, 2)
+                mark(block.win, 2)
+        for term in self.terms:
+            mark(term.x, 0)
+            if term.target is not None:
+                mark(term.target, 0)
+        if self.causal_bins is not None:
+            mark(self.causal_bins, 0)
 
     def _orders(self, term: Term) -> set:
         return {parse(n, self.problem.axes, self.problem.fields) for n in term.needs}
@@ -361,14 +392,17 @@ class Trainer:
         parts, binned = [None] * len(self.terms), None
         for batch, members in self.passes:
             U = self.model(batch)  # (K, N, F)
-            for k, sl in members:
+            start = 0  # the term's first row, from the sizes of the terms' tensors, not the slices' numbers:
+            for k, _ in members:  # compiled, a constant row count would fix the point count of every draw
                 term = self.terms[k]
-                d = Derivs(U[:, sl], batch.orders, self.problem.axes, self.problem.fields, self.problem.name)
+                rows = U if len(members) == 1 else U[:, start:start + term.x.shape[0]]
+                start = start + term.x.shape[0]
+                d = Derivs(rows, batch.orders, self.problem.axes, self.problem.fields, self.problem.name)
                 r = _stacked(term.residual(term.x, d))
                 if term.target is not None:
                     r = r - term.target
                 squares = r * r
-                parts[k] = term.weight * squares.sum() / (term.n_global or r.shape[0])
+                parts[k] = self.term_scales[k] * squares.sum()
                 if k == self.causal_term:
                     per_point = squares if squares.dim() == 1 else squares.sum(-1)
                     binned = term.weight * torch.zeros_like(self.causal_counts).index_add(

@@ -1,0 +1,65 @@
+"""torch.compile of the training step: one compilation holds for every draw of the points and
+every slab with the same layout (the number of subdomain groups in each pass).  Dynamo runs with its eager backend here (the graph capture and its guards, which
+decide about recompiling, without the C++ code generation), so the test needs no compiler."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import fbpinn
+from fbpinn.trainer import Trainer
+
+
+def marching(resample_every: int, compile_: bool = True):
+    return fbpinn.load_config(data={
+        "problem": {"name": "wave1d", "t_max": 1.0},
+        "decomposition": {"subdomains": [2, 4], "overlap": 1.5},
+        "network": {"hidden": [8]},
+        "training": {"steps": 24, "points": [40, 40], "log_every": 10**6, "eval_every": 10**6,
+                     "compile": compile_, "resample_every": resample_every, "sampler": "uniform", "lbfgs_steps": 4},
+        "schedule": {"kind": "time_marching", "slabs": 3, "steps_per_slab": 8},
+        "test": {"points": [9, 11]},
+    })
+
+
+def compiled_graphs(monkeypatch, cfg, mark: bool = True) -> tuple[int, set, set]:
+    """Graphs dynamo captured over a whole run, the point counts the run saw, and the layouts of
+    its batches (the number of subdomain groups in each pass: a new layout is a new graph)."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda f: real(f, backend="eager"))
+    if not mark:
+        monkeypatch.setattr(Trainer, "_mark_dynamic", lambda self: None)
+    torch._dynamo.reset()
+    counters.clear()
+    trainer = Trainer(cfg)
+    seen, layouts = set(), set()
+    for step in range(1, cfg.training.steps + 1):
+        trainer.step(step)
+        seen.add(trainer.n_points())
+        layouts.add(tuple(len(p.batch.blocks) for p in trainer.passes))
+    return counters["stats"]["unique_graphs"], seen, layouts
+
+
+def test_one_compilation_for_every_draw_and_slab_of_a_layout(monkeypatch):
+    graphs, seen, layouts = compiled_graphs(monkeypatch, marching(resample_every=2))
+    assert len(seen) >= 6  # the point count changed with the draws and the slabs
+    assert graphs == len(layouts) <= 2
+
+
+def test_without_the_dynamic_sizes_each_new_size_compiles_again(monkeypatch):
+    # What the marking prevents: the first graph is specialised to the first draw's sizes.
+    graphs, _, layouts = compiled_graphs(monkeypatch, marching(resample_every=2), mark=False)
+    assert graphs > len(layouts)
+
+
+def test_compiled_run_equals_the_eager_one(monkeypatch):
+    # The loss as a tensor-held scale and rows taken by the terms' sizes change no number.
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda f: real(f, backend="eager"))
+    torch._dynamo.reset()
+    runs = []
+    for compile_ in (True, False):
+        cfg = marching(resample_every=2, compile_=compile_)
+        trainer = Trainer(cfg)
+        runs.append([trainer.step(step)[0] for step in range(1, cfg.training.steps + 1)])
+    assert runs[0] == pytest.approx(runs[1], rel=1e-6)

@@ -149,7 +149,10 @@ class Derivs:
     def __getitem__(self, name: str) -> torch.Tensor:
         from ..derivatives import split_name
 
-        field, order = split_name(name, self.axes, self.fields)
+        # Compiled, the names are resolved once while the graph is traced: the uncached function
+        # then (torch.compile warns about, and ignores, an lru_cache wrapper).
+        lookup = split_name.__wrapped__ if torch.compiler.is_compiling() else split_name
+        field, order = lookup(name, self.axes, self.fields)
         if order not in self.pos:
             raise KeyError(f"problem {self.problem!r} uses {name}, which was not computed: add {name!r} to the "
                            "problem's needs (or to the needs of the loss term that uses it)")

@@ -273,9 +273,7 @@ class Trainer:
         for members in self._pass_groups():
             x = torch.cat([self.terms[k].x.to(self.dtype) for k in members])  # (N, d)
             orders = {o for k in members for o in self._orders(self.terms[k])}
-            bounds = np.cumsum([0] + [self.terms[k].x.shape[0] for k in members])
-            self.passes.append(Pass(self.model.prepare(x, orders, frozen),
-                                    [(k, slice(int(a), int(b))) for k, a, b in zip(members, bounds[:-1], bounds[1:])]))
+            self.passes.append(Pass(self.model.prepare(x, orders, frozen), members))
         # Each term's weight / global point count, as a tensor: a Python number that changes with
         # every redraw (the slab's share of the points) would make torch.compile compile again.
         self.term_scales = [torch.tensor(t.weight / (t.n_global or t.x.shape[0]), dtype=self.dtype,
@@ -392,8 +390,8 @@ class Trainer:
         parts, binned = [None] * len(self.terms), None
         for batch, members in self.passes:
             U = self.model(batch)  # (K, N, F)
-            start = 0  # the term's first row, from the sizes of the terms' tensors, not the slices' numbers:
-            for k, _ in members:  # compiled, a constant row count would fix the point count of every draw
+            start = 0  # the term's first row, from the terms' sizes (compiled: symbolic, not a constant
+            for k in members:  # that would fix the point count of every draw)
                 term = self.terms[k]
                 rows = U if len(members) == 1 else U[:, start:start + term.x.shape[0]]
                 start = start + term.x.shape[0]
@@ -929,11 +927,11 @@ class Trainer:
 
 
 class Pass(NamedTuple):
-    """One model evaluation per step: the prepared batch and, for each term it serves, the term's
-    index and its rows in the batch."""
+    """One model evaluation per step: the prepared batch and the indices of the terms it serves, in
+    the order of their rows in the batch (each term's rows follow from the sizes of those before)."""
 
     batch: object  # fbpinn.model.Batch
-    members: list  # [(term index, slice)]
+    members: list  # [term index]
 
 
 def _stacked(r):

@@ -25,7 +25,8 @@ def test_the_weights_follow_the_bins_losses():
     # The bins' mean squared residuals, from the residual at the points themselves.
     x = term.x
     (batch, members), = trainer.passes
-    u = trainer.model(batch)[:, dict(members)[trainer.causal_term]]
+    start = sum(trainer.terms[k].x.shape[0] for k in members[:members.index(trainer.causal_term)])
+    u = trainer.model(batch)[:, start:start + x.shape[0]]
     d = fbpinn.problems.Derivs(u, batch.orders, trainer.problem.axes, trainer.problem.fields)
     r2 = (term.residual(x, d) ** 2).detach().numpy()
     t = x[:, 1].numpy()

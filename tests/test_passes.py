@@ -28,7 +28,7 @@ def loss_and_grad(trainer):
 
 
 def names(trainer, members):
-    return [trainer.terms[k].name for k, _ in members]
+    return [trainer.terms[k].name for k in members]
 
 
 @pytest.mark.parametrize("order,passes", [(2, [["physics"], ["absorbing"]]), (1, [["physics", "absorbing"]])])

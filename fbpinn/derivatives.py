@@ -88,6 +88,11 @@ class ProductRule:
 
     For a multi-index list ``orders`` (a closure), ``apply(f, g)`` takes two stacks
     (K, ...) and returns the stack (K, ...) of the product's derivatives.
+
+    Two equal forms: one gather, product and scatter-add over index tensors (few kernels:
+    the eager path), and, while torch.compile traces, the sums written out term by term
+    with constant indices (:attr:`terms`), which compile to one elementwise kernel; the
+    gathers' backward would be a scatter-add, which compiled CPU code runs with atomic adds.
     """
 
     def __init__(self, orders):
@@ -103,11 +108,23 @@ class ProductRule:
                     fi.append(pos[b])
                     gi.append(pos[rest])
                     oi.append(k)
+        # Per entry of the product, its distinct (f entry, g entry) pairs and how often each occurs.
+        self.terms = [sorted({(f, g): sum(1 for t in zip(fi, gi, oi) if t == (f, g, k))
+                              for f, g, o in zip(fi, gi, oi) if o == k}.items()) for k in range(len(self.orders))]
         self.f_index = torch.tensor(fi)
         self.g_index = torch.tensor(gi)
         self.out_index = torch.tensor(oi)
 
     def apply(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            rows = []
+            for pairs in self.terms:
+                acc = None
+                for (a, b), count in pairs:
+                    term = f[a] * g[b] if count == 1 else count * (f[a] * g[b])
+                    acc = term if acc is None else acc + term
+                rows.append(acc)
+            return torch.stack(rows)
         terms = f[self.f_index] * g[self.g_index]  # (T, ...)
         out = torch.zeros((len(self.orders),) + terms.shape[1:], dtype=terms.dtype, device=terms.device)
         return out.index_add(0, self.out_index, terms)
@@ -194,10 +211,11 @@ ACTIVATIONS = {"tanh": torch.tanh, "sin": torch.sin, "gelu": torch.nn.functional
 class TaylorTables:
     """Index tables that map the derivatives of one layer to those of the next.
 
-    ``orders`` is a closure; first-order entries sit at ``first`` and every second-order
-    entry ``(d, e)`` at ``second`` with its first-order parts at ``second_a``/``second_b``.
-    A closure of order three or more is handled by the general tables ``general``
-    (a :class:`FaaDiBruno`; None up to order two).
+    ``orders`` is a closure, which lists the value, then the F first-order entries, then the S
+    second-order ones.  Each second-order entry ``(d, e)`` has its first-order parts at
+    ``pair_a`` and ``pair_b``, counted among the first-order entries (0 .. F - 1).  A closure
+    of order three or more is handled by the general tables ``general`` (a
+    :class:`FaaDiBruno`; None up to order two).
     """
 
     def __init__(self, orders):
@@ -207,17 +225,13 @@ class TaylorTables:
         self.general = FaaDiBruno(orders) if max(len(o) for o in orders) > 2 else None
         if self.general is not None:
             return
-        self.first = [pos[o] for o in orders if len(o) == 1]
+        firsts = [o for o in orders if len(o) == 1]
         seconds = [o for o in orders if len(o) == 2]
-        self.second = [pos[o] for o in seconds]
-        self.second_a = [pos[(o[0],)] for o in seconds]
-        self.second_b = [pos[(o[1],)] for o in seconds]
-        # A closure lists the value, then the first, then the second orders: the layout
-        # that the activation step below rebuilds.
-        assert [0] + self.first + self.second == list(range(self.n)), orders
+        assert [()] + firsts + seconds == list(orders), orders
+        self.n_first, self.n_second = len(firsts), len(seconds)
         # Contiguous index lists become slices: views instead of gathers (and faster compiled kernels).
-        self.first, self.second, self.second_a, self.second_b = (
-            _as_slice(i) for i in (self.first, self.second, self.second_a, self.second_b))
+        self.pair_a = _as_slice([pos[(o[0],)] - 1 for o in seconds])
+        self.pair_b = _as_slice([pos[(o[1],)] - 1 for o in seconds])
 
 
 class FaaDiBruno:
@@ -293,7 +307,9 @@ def mlp_taylor(weights, biases, t_in: torch.Tensor, tables: TaylorTables, activa
     weights : list of (J, n_in, n_out) tensors, one per layer.
     biases : list of (J, 1, 1, n_out) tensors.
     t_in : (J, K, M, d) inputs and their derivatives: ``t_in[:, 0]`` are the normalised
-        coordinates, first-order entries the (constant) derivatives of those.
+        coordinates, first-order entries their derivatives, which are constant over the
+        points, and higher-order entries zero (the inputs are affine in x, as
+        :meth:`fbpinn.model.FBPINN.prepare` builds them).
     tables : derivative bookkeeping for the K entries.
 
     Returns
@@ -302,26 +318,59 @@ def mlp_taylor(weights, biases, t_in: torch.Tensor, tables: TaylorTables, activa
     """
     if tables.general is not None:
         return _mlp_taylor_general(weights, biases, t_in, tables.general, activation)
+    if t_in.shape[1] == 1:
+        t = t_in
+        for layer, (w, b) in enumerate(zip(weights, biases)):
+            t = _layer(t, w) + b
+            if layer < len(weights) - 1:
+                t = activation.value(t)
+        return t
+    if len(weights) == 1:  # no hidden layer: the derivatives are the constant rows dz_k W
+        t = _layer(t_in, weights[0])
+        return torch.cat([t[:, :1] + biases[0], t[:, 1:]], dim=1)
+    return _mlp_taylor_order2(weights, biases, t_in, tables, activation)
+
+
+def _mlp_taylor_order2(weights, biases, t_in: torch.Tensor, tables: TaylorTables, activation: Activation):
+    """:func:`mlp_taylor` for closures of order one or two.
+
+    The entries travel as three tensors: the value (J, M, H), the F first-order entries
+    (J, M, F, H) and the S second-order ones (J, M, S, H), so that no step stores them
+    stacked.  The first layer is folded into the second: its pre-activation's derivative
+    along entry k is the constant row ``a_k = dz_k W_1`` (the inputs are affine), so after the
+    activation the first-order entries are ``sigma' a_k`` and the second-order ones
+    ``sigma'' a_p a_q``, and the second layer's pre-activation takes them as
+    ``sigma' (diag(a_k) W_2)`` and ``sigma'' (diag(a_p a_q) W_2)``: matrix products over the
+    points' (M, H) values sigma' and sigma'' instead of over (M, K, H) entries that would
+    first have to be formed and stored.
+    """
     j, k, m, _ = t_in.shape
-    t = t_in
-    last = len(weights) - 1
-    for layer, (w, b) in enumerate(zip(weights, biases)):
-        t = _layer(t, w)  # (J, K, M, out)
-        if k == 1:
-            t = t + b
-        else:
-            t = torch.cat([t[:, :1] + b, t[:, 1:]], dim=1)
-        if layer == last:
-            break
-        y, d1, d2 = activation(t[:, 0])  # (J, M, H) each
-        parts = [y.unsqueeze(1)]
-        if tables.first != []:
-            parts.append(d1.unsqueeze(1) * t[:, tables.first])
-        if tables.second != []:
-            parts.append(d1.unsqueeze(1) * t[:, tables.second]
-                         + d2.unsqueeze(1) * t[:, tables.second_a] * t[:, tables.second_b])
-        t = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    return t
+    n_first, n_second = tables.n_first, tables.n_second
+    pa, pb = tables.pair_a, tables.pair_b
+    w1, w2 = weights[0], weights[1]
+    z1 = _layer(t_in[:, :1], w1)[:, 0] + biases[0][:, 0]  # (J, M, H): the value's pre-activation
+    rows = torch.bmm(t_in[:, 1:1 + n_first, 0], w1)  # (J, F, H): a_k, constant over the points
+    y, d1, d2 = activation(z1)  # (J, M, H) each
+
+    def folded(coef, s):  # s (J, M, H) @ diag(coef_e) W_2 for each entry e: (J, M, E, N)
+        w = (coef.unsqueeze(-1) * w2.unsqueeze(1)).transpose(1, 2).reshape(j, w2.shape[1], -1)
+        return _matmul(s, w).view(j, m, coef.shape[1], w2.shape[2])
+
+    v = _matmul(y, w2) + biases[1][:, 0]  # (J, M, N)
+    f = folded(rows, d1)
+    s = folded(rows[:, pa] * rows[:, pb], d2) if n_second else None
+    for layer in range(2, len(weights)):
+        y, d1, d2 = activation(v)
+        if n_second:
+            s = d1.unsqueeze(2) * s + d2.unsqueeze(2) * f[:, :, pa] * f[:, :, pb]
+        f = d1.unsqueeze(2) * f
+        w = weights[layer]
+        v = _matmul(y, w) + biases[layer][:, 0]
+        f = _matmul(f.reshape(j, m * n_first, -1), w).view(j, m, n_first, -1)
+        if n_second:
+            s = _matmul(s.reshape(j, m * n_second, -1), w).view(j, m, n_second, -1)
+    parts = [v.unsqueeze(2), f] + ([s] if n_second else [])
+    return torch.cat(parts, dim=2).transpose(1, 2)  # (J, K, M, N)
 
 
 def _mlp_taylor_general(weights, biases, t_in: torch.Tensor, jet: FaaDiBruno, activation: Activation):
@@ -365,6 +414,14 @@ def _layer(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if w.shape[2] == 1:
         return (t * w[:, None, None, :, 0]).sum(-1, keepdim=True)
     return torch.bmm(t.reshape(j, k * m, n_in), w).reshape(j, k, m, -1)
+
+
+def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(J, R, n_in) @ (J, n_in, n_out) per subdomain; a product with a single output column is a
+    broadcast product and sum (as in :func:`_layer`)."""
+    if w.shape[2] == 1:
+        return (x * w[:, None, :, 0]).sum(-1, keepdim=True)
+    return torch.bmm(x, w)
 
 
 def autograd_derivatives(fn, x: torch.Tensor, orders) -> dict:

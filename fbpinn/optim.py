@@ -75,6 +75,14 @@ class Adam:
                 d.copy_(s)
 
 
+def _substitute(T: np.ndarray, rhs: np.ndarray, upper: bool) -> np.ndarray:
+    """The solution of the triangular system T x = rhs (float64), by back or forward substitution."""
+    if len(rhs) == 0:
+        return np.zeros(0)
+    x = torch.linalg.solve_triangular(torch.from_numpy(T), torch.from_numpy(rhs)[:, None], upper=upper)
+    return x[:, 0].numpy()
+
+
 class FlatSpace:
     """The parameters an :class:`LBFGS` works on, as one vector: each tensor's elements (or only the
     rows ``rows[i]`` of tensor i, along its first axis) in order, concatenated.
@@ -229,13 +237,14 @@ class LBFGS:
         m = len(idx)
         Sg, Yg = G[idx, 0], G[h + idx, 0]
         SY, YY, rho = self.SY[np.ix_(idx, idx)], self.YY[np.ix_(idx, idx)], self.rho_slot[idx]
-        a = np.zeros(m)
-        for i in range(m - 1, -1, -1):  # q_i = g - sum_{j > i} a_j y_j; a_i = rho_i s_i.q_i
-            a[i] = rho[i] * (Sg[i] - SY[i, i + 1:] @ a[i + 1:])
+        # Both loops of the recursion are triangular systems (unit diagonal: solved by substitution):
+        # a_i = rho_i (s_i.g - sum_{j > i} s_i.y_j a_j), the first loop's q_i = g - sum_{j > i} a_j y_j;
+        # b_i = rho_i (gamma y_i.q_0 + sum_{j < i} s_j.y_i (a_j - b_j)), the second loop's r_i.
+        upper = np.triu(SY, 1)  # s_i.y_j for j > i
+        a = _substitute(np.eye(m) + rho[:, None] * upper, rho * Sg, upper=True)
         yq = Yg - YY @ a  # y_i.q_0
-        b = np.zeros(m)
-        for i in range(m):  # r_i = gamma q_0 + sum_{j < i} (a_j - b_j) s_j; b_i = rho_i y_i.r_i
-            b[i] = rho[i] * (self.gamma * yq[i] + (a[:i] - b[:i]) @ SY[:i, i])
+        lower = upper.T  # s_j.y_i for j < i
+        b = _substitute(np.eye(m) + rho[:, None] * lower, rho * (self.gamma * yq + lower @ a), upper=False)
         c = np.zeros(2 * h)  # d = -r_m = -gamma g + gamma sum a_j y_j - sum (a_j - b_j) s_j
         c[idx] = b - a
         c[h + idx] = self.gamma * a

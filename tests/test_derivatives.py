@@ -68,6 +68,18 @@ def test_3d_and_multilevel():
     check(model, x, [(0, 2), (1, 1), (2,)])
 
 
+@pytest.mark.parametrize("hidden", [[], [9], [9, 7], [6, 8, 5]])
+@pytest.mark.parametrize("orders", [[(0,), (2,)], [(0, 1), (2, 2)], [(1, 1), (0,)]])
+def test_every_depth_and_closure_of_order_two(hidden, orders):
+    # The order-two path folds the first layer into the second (its derivative rows are constant):
+    # no hidden layer, one (the fold meets the output layer), two and three (layers after the fold).
+    prob = Ansatz([0.0, -1.0, 0.0], [1.0, 1.0, 2.0])
+    level = Level(prob.domain, [2, 3, 2], 1.7)
+    model = FBPINN(prob, [level], hidden, "gelu", torch.Generator().manual_seed(8), torch.float64)
+    x = torch.rand(150, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    check(model, x * torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64) - torch.tensor([0.0, 1.0, 0.0]), orders)
+
+
 def test_subset_of_subdomains_is_a_partial_sum():
     # Holding a subset (as a process does under MPI) sums only those subdomains:
     # the two halves add up to the whole.

@@ -12,8 +12,12 @@ per layer and one backward pass.  :func:`autograd_derivatives` is the slow neste
 reverse-mode reference the tests compare it with.
 
 Orders up to :data:`MAX_ORDER` are supported.  Closures of order at most two take
-the original loop (one product for the first and two for the second derivatives per
-layer).  Higher orders take the general Taylor mode: the activation's derivatives
+the order-two path (one product for the first and two for the second derivatives per
+layer), which carries the value, the first-order and the second-order entries as three
+tensors and folds the first layer into the second: the inputs are affine in x, so the
+first layer's derivative rows are constants and its K entries need not be formed
+(a third to a half less work per step for a [32, 32] network with second derivatives in
+three dimensions).  Higher orders take the general Taylor mode: the activation's derivatives
 are combined by Faa di Bruno's formula, ``d^o y = sum_pi sigma^(|pi|)(a)
 prod_{B in pi} d^{o_B} a`` over the set partitions ``pi`` of the positions of the
 multi-index ``o``, with identical terms grouped under integer coefficients into

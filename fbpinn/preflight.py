@@ -89,14 +89,14 @@ class MemoryEstimate:
     points: int  # collocation points this rank prepares
     pairs: int  # (point, subdomain) pairs of the prepared batch
     orders: int  # derivative components carried per pair (the value included)
-    bytes_per_pair: int
+    bytes_per_pair: int  # all components together
     drawn: int  # points drawn on every rank before it keeps its share (whole sets)
     test_points: int  # this rank's test points
     total: int  # bytes
 
     def text(self) -> str:
-        return (f"{self.points:,} points, {self.pairs:,} (point, subdomain) pairs x {self.orders} derivative "
-                f"component(s) x {self.bytes_per_pair:,} bytes, {self.drawn:,} points drawn before the split, "
+        return (f"{self.points:,} points, {self.pairs:,} (point, subdomain) pairs x {self.bytes_per_pair:,} bytes "
+                f"({self.orders} derivative component(s)), {self.drawn:,} points drawn before the split, "
                 f"{self.test_points:,} test points: about {gib(self.total)}")
 
 
@@ -104,12 +104,19 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.3g} GiB"
 
 
-# Bytes per (point, subdomain) pair and derivative component, per unit of the element size:
-# the stacked networks carry each hidden unit with its derivatives forward and keep what the
-# backward pass needs (measured: 3 to 6 words per hidden unit on the shipped configs), plus
-# the normalised inputs, windows and indices of the pair.
+# Words (elements) per (point, subdomain) pair, from what a step keeps for the backward pass
+# (measured through the saved tensors: 1.3 to 2 times below these on the shipped configs).
+# The stacked networks carry each hidden unit with its derivative components forward; up to
+# order two the first layer is folded into the second and keeps a few words per unit whatever
+# the number of components (the general path of order three and more keeps every component of
+# every layer).  Each component also holds the pair's inputs, window, product and output.
+# The folded first layer's count is its peak (the activation's derivatives, their products
+# and their gradients are alive together), measured with scripts/memory.py: 12 words per
+# unit reach the peak of a network of one hidden layer, whose step is nothing else.
 WORDS_PER_HIDDEN = 4
-WORDS_PER_PAIR = 128
+WORDS_FIRST_LAYER = 12  # order two and below
+WORDS_PER_COMPONENT = 32  # order two and below
+WORDS_PER_COMPONENT_GENERAL = 128  # the general path: also every Faa di Bruno term's factors
 PADDING = 1.25  # subdomains are padded to the largest point count of their group
 # Freed blocks stay in the heap between steps (see trainer.tune_host_allocator), and the
 # peak depends on the order of frees: the measured peak per pair varies by up to 1.5 times.
@@ -153,13 +160,19 @@ def estimate_memory(cfg, ctx) -> MemoryEstimate:
     except ValueError:
         orders = [()]  # an unsupported derivative is reported by the config's validation
     k = len(orders)
+    hidden = list(cfg.network.hidden)
+    more_fields = 4 * (len(problem_cls.fields) - 1)  # each further field: output, window product, sum
     if max(len(o) for o in orders) > 2:  # the general Taylor path also keeps every Faa di Bruno term's factors
         k += sum(r * len(index) for r, (index, _, _) in FaaDiBruno(orders).terms.items())
-    bytes_per_pair = itemsize * (WORDS_PER_HIDDEN * sum(cfg.network.hidden) + WORDS_PER_PAIR
-                                 + 4 * (len(problem_cls.fields) - 1))  # each further field: output, window product, sum
+        words = k * (WORDS_PER_HIDDEN * sum(hidden) + WORDS_PER_COMPONENT_GENERAL + more_fields)
+    else:
+        first, rest = (hidden[0], hidden[1:]) if hidden else (0, [])
+        words = WORDS_FIRST_LAYER * first + k * (WORDS_PER_HIDDEN * sum(rest) + WORDS_PER_COMPONENT + more_fields)
+    bytes_per_pair = itemsize * words
+    value_bytes = itemsize * (WORDS_PER_HIDDEN * sum(hidden) + WORDS_PER_COMPONENT + more_fields)  # the test grid
     pairs = math.ceil(points * per_point * PADDING)
     test_pairs = math.ceil(min(test_points, 2**20) * per_point * PADDING)
-    total = WORKSPACE * (pairs * k * bytes_per_pair + test_pairs * bytes_per_pair)
+    total = WORKSPACE * (pairs * bytes_per_pair + test_pairs * value_bytes)
     total += 3 * 8 * dim * (n_drawn if cfg.problem.physics else 0)  # drawn as float64, masked, converted
     total += 8 * dim * test_points * 2
     return MemoryEstimate(points, pairs, k, bytes_per_pair, n_drawn, test_points, int(total))

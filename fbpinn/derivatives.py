@@ -35,6 +35,7 @@ limit (:data:`MAX_ORDER`); the index tables are built once per closure.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 
@@ -113,8 +114,8 @@ class ProductRule:
                     gi.append(pos[rest])
                     oi.append(k)
         # Per entry of the product, its distinct (f entry, g entry) pairs and how often each occurs.
-        self.terms = [sorted({(f, g): sum(1 for t in zip(fi, gi, oi) if t == (f, g, k))
-                              for f, g, o in zip(fi, gi, oi) if o == k}.items()) for k in range(len(self.orders))]
+        counts = collections.Counter(zip(oi, fi, gi))
+        self.terms = [sorted(((f, g), c) for (o, f, g), c in counts.items() if o == k) for k in range(len(self.orders))]
         self.f_index = torch.tensor(fi)
         self.g_index = torch.tensor(gi)
         self.out_index = torch.tensor(oi)

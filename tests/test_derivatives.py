@@ -126,3 +126,20 @@ def test_names_and_closure():
     assert closure([(0, 1)]) == [(), (0,), (1,), (0, 1)]
     with pytest.raises(ValueError, match="order 7"):
         closure([(0,) * 7])
+
+
+def test_product_rule_written_out_while_compiling_equals_the_gathered_form():
+    # While torch.compile traces, the Leibniz sums are written out term by term (no gathers):
+    # traced with dynamo's eager backend (no compiler needed), they equal the gathered form.
+    from fbpinn.derivatives import ProductRule
+
+    orders = closure([(0, 1), (1, 1, 2), (0, 0)])
+    rule = ProductRule(orders)
+    gen = torch.Generator().manual_seed(10)
+    f, g = (torch.randn(len(orders), 5, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    torch._dynamo.reset()
+    traced = torch.compile(rule.apply, backend="eager", fullgraph=True)(f, g)
+    assert torch.allclose(traced, rule.apply(f, g), rtol=1e-14, atol=1e-14)
+    # (u v)_yyz has 2^3 = 8 terms: 6 distinct pairs, those with one y and with yz twice
+    k = orders.index((1, 1, 2))
+    assert sum(c for _, c in rule.terms[k]) == 8 and len(rule.terms[k]) == 6

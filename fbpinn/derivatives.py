@@ -416,14 +416,12 @@ def _layer(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         for i in range(1, n_in):
             out = out + t[..., i:i + 1] * w[:, None, None, i, :]
         return out
-    if w.shape[2] == 1:
-        return (t * w[:, None, None, :, 0]).sum(-1, keepdim=True)
-    return torch.bmm(t.reshape(j, k * m, n_in), w).reshape(j, k, m, -1)
+    return _matmul(t.reshape(j, k * m, n_in), w).reshape(j, k, m, -1)
 
 
 def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """(J, R, n_in) @ (J, n_in, n_out) per subdomain; a product with a single output column is a
-    broadcast product and sum (as in :func:`_layer`)."""
+    broadcast product and sum (see :func:`_layer`)."""
     if w.shape[2] == 1:
         return (x * w[:, None, :, 0]).sum(-1, keepdim=True)
     return torch.bmm(x, w)

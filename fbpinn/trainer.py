@@ -177,6 +177,8 @@ class Trainer:
         self.test_batch = self.model.prepare(self.x_test) if small else None
         self._loss = self._compiled_loss if tr.compile else self._loss_impl
         self._compiled = None
+        self._compiled_grads = None  # see _fused_gradients
+        self.fused = tr.compile and hasattr(torch._dynamo.config, "trace_autograd_ops")
         self.stop_agreed = False  # some rank received a stop signal (see stop_signals)
         self.snapshots = None  # a fbpinn.io.Snapshots on rank 0 while fbpinn train writes them
         self._snapshot_block = None  # (offset, shape, points) of this rank's block of output.snapshot_points
@@ -438,6 +440,49 @@ class Trainer:
             return out
         return self._compiled()
 
+    def _gradients(self) -> torch.Tensor:
+        """This rank's loss terms (T,), with the loss's gradient in each parameter's ``.grad`` (None
+        where the loss does not depend on the parameter)."""
+        if self.fused and self.causal_term is None:
+            return self._fused_gradients()
+        parts, binned = self._loss()
+        loss = self._weighted(parts, binned)  # causal weights: a reduction between loss and gradient
+        self.optimizer.zero_grad()
+        loss.backward()
+        return parts
+
+    def _gradients_impl(self):
+        parts, _ = self._loss_impl()
+        grads = torch.autograd.grad(parts.sum(), self.params, allow_unused=True)
+        return parts.detach(), grads
+
+    def _fused_gradients(self) -> torch.Tensor:
+        """The loss and its gradient as one compiled program (``training.compile``).
+
+        Compiling the loss alone leaves the backward pass to the autograd engine, which runs it as a
+        second compiled graph behind its own bookkeeping; on small problems that, with the runtime
+        wrapper between the two, costs more than the arithmetic (about half of a harmonic
+        oscillator step).  Here dynamo traces ``torch.autograd.grad`` into the same graph, so a step
+        is one call.  Falls back to the loss-only compilation if this compilation fails."""
+        with torch._dynamo.config.patch(trace_autograd_ops=True):  # read while dynamo traces
+            if self._compiled_grads is None:
+                self._compiled_grads = torch.compile(self._gradients_impl)
+                logger.info("compiling the step (torch.compile); the first steps wait for it")
+                t0 = time.perf_counter()
+                try:
+                    parts, grads = self._compiled_grads()
+                except Exception as e:  # no C++ compiler, an operation dynamo cannot trace, ...
+                    logger.warning("torch.compile of the loss and its gradient failed (%s); compiling the "
+                                   "loss alone", str(e).splitlines()[0])
+                    self.fused = False
+                    return self._gradients()
+                logger.info("compiled the step in %.1f s", time.perf_counter() - t0)
+            else:
+                parts, grads = self._compiled_grads()
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        return parts
+
     def step(self, step: int):
         """One optimisation step (1-based ``step``); returns (loss, loss per term, lr)."""
         tr = self.cfg.training
@@ -465,10 +510,7 @@ class Trainer:
             logger.info("%s (%d points)", self.stage.text, sum(t.n_global or t.x.shape[0] for t in self.terms))
         lr = schedulers.learning_rate(self.cfg, step)
         self.optimizer.lr = lr
-        parts, binned = self._loss()
-        loss = self._weighted(parts, binned)
-        self.optimizer.zero_grad()
-        loss.backward()
+        parts = self._gradients()
         t2 = time.perf_counter()
         self.bytes_sent += self.dist.reduce_gradients(self.model.nets, self.problem.parameters().values())
         t3 = time.perf_counter()

@@ -63,3 +63,56 @@ def test_compiled_run_equals_the_eager_one(monkeypatch):
         trainer = Trainer(cfg)
         runs.append([trainer.step(step)[0] for step in range(1, cfg.training.steps + 1)])
     assert runs[0] == pytest.approx(runs[1], rel=1e-6)
+
+
+def test_loss_and_gradient_are_one_graph_equal_to_the_loss_only_compilation(monkeypatch):
+    # training.compile traces torch.autograd.grad into the loss's graph: the backward pass is not a
+    # second graph behind the autograd engine.  The parameters it reaches equal the ones reached by
+    # compiling the loss alone and back-propagating, step for step.
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda f: real(f, backend="eager"))
+    cfg = fbpinn.load_config(data={
+        "problem": {"name": "cos1d"}, "decomposition": {"subdomains": [6], "overlap": 2.5},
+        "network": {"hidden": [8, 8]},
+        "training": {"steps": 6, "points": [80], "dtype": "float64", "log_every": 10**6, "eval_every": 10**6,
+                     "compile": True},
+        "test": {"points": [50]}})
+    runs, params = [], []
+    for fused in (True, False):
+        torch._dynamo.reset()
+        counters.clear()
+        trainer = Trainer(cfg)
+        assert trainer.fused
+        trainer.fused = fused
+        runs.append([trainer.step(step)[0] for step in range(1, cfg.training.steps + 1)])
+        params.append([p.detach().clone() for p in trainer.params])
+        if fused:
+            assert counters["stats"]["unique_graphs"] == 1
+            assert trainer._compiled is None  # the loss-only compilation was not used
+    assert runs[0] == pytest.approx(runs[1], rel=1e-12)
+    for a, b in zip(*params):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_failed_compilation_of_loss_and_gradient_falls_back_to_the_loss_alone(monkeypatch, caplog):
+    real = torch.compile
+
+    def compile_(f):
+        if f.__name__ == "_gradients_impl":
+            def broken():
+                raise RuntimeError("cannot trace this\nsecond line")
+            return broken
+        return real(f, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    data = {"problem": {"name": "cos1d"}, "decomposition": {"subdomains": [4], "overlap": 2.5},
+            "network": {"hidden": [8]}, "test": {"points": [20]},
+            "training": {"steps": 3, "points": [40], "dtype": "float64", "compile": False}}
+    eager = Trainer(fbpinn.load_config(data=data))
+    expected = [eager.step(s)[0] for s in range(1, 4)]
+    trainer = Trainer(fbpinn.load_config(data={**data, "training": {**data["training"], "compile": True}}))
+    with caplog.at_level("WARNING", logger="fbpinn.trainer"):
+        losses = [trainer.step(s)[0] for s in range(1, 4)]
+    assert not trainer.fused and trainer._compiled is not None
+    assert any("failed (cannot trace this); compiling the loss alone" in r.getMessage() for r in caplog.records)
+    assert losses == pytest.approx(expected, rel=1e-12)

@@ -116,3 +116,32 @@ def test_a_failed_compilation_of_loss_and_gradient_falls_back_to_the_loss_alone(
     assert not trainer.fused and trainer._compiled is not None
     assert any("failed (cannot trace this); compiling the loss alone" in r.getMessage() for r in caplog.records)
     assert losses == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads, omp, points, expect_one", [
+    (0, None, [40], True),     # 120 pairs of width 8: one thread
+    (2, None, [40], False),    # the config's choice stands
+    (0, "2", [40], False),     # so does OMP_NUM_THREADS
+    (0, None, [2000], False),  # 6,000 pairs of width 8: large enough for more threads
+])
+def test_a_small_step_runs_on_one_thread_when_threads_are_automatic(monkeypatch, restore_threads, threads, omp,
+                                                                     points, expect_one):
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    torch.set_num_threads(2)
+    cfg = fbpinn.load_config(data={
+        "problem": {"name": "cos1d"}, "decomposition": {"subdomains": [4], "overlap": 2.5},
+        "network": {"hidden": [8]}, "test": {"points": [20]},
+        "training": {"steps": 3, "points": points, "threads": threads}})
+    trainer = Trainer(cfg)
+    assert (trainer.pairs() * 8 < Trainer.SMALL_STEP) == (points == [40])
+    assert (torch.get_num_threads() == 1) == expect_one

@@ -95,6 +95,24 @@ class Context:
             self.comm.Allreduce(np.ascontiguousarray(array), out, op=MPI.SUM)
         return out
 
+    def iallreduce(self, array: np.ndarray):
+        """Start the elementwise sum over ranks of a float64 numpy array without waiting for it;
+        returns a function that waits and returns the sum (every rank must call it, in the same
+        order as the other collectives)."""
+        if not self.parallel:
+            return lambda: array
+        from mpi4py import MPI
+
+        buffers = (np.ascontiguousarray(array), np.empty_like(array))  # alive until the wait
+        request = self.comm.Iallreduce(buffers[0], buffers[1], op=MPI.SUM)
+
+        def wait() -> np.ndarray:
+            with collective():
+                request.Wait()
+            return buffers[1]
+
+        return wait
+
     def allgather_sum(self, array: np.ndarray) -> np.ndarray:
         """The sum over ranks of a float64 numpy array, taken in rank order by every rank: the same
         bits everywhere, whatever reduction order the MPI library would choose."""

@@ -181,6 +181,8 @@ class Trainer:
         self._compiled_grads = None  # see _fused_gradients
         self.fused = tr.compile and hasattr(torch._dynamo.config, "trace_autograd_ops")
         self.stop_agreed = False  # some rank received a stop signal (see stop_signals)
+        self._pending = None  # (step, wait) of a sum of loss terms started and not yet finished
+        self.reduced = []  # (step, loss terms summed over the ranks) not yet taken by finish_losses
         self.snapshots = None  # a fbpinn.io.Snapshots on rank 0 while fbpinn train writes them
         self._snapshot_block = None  # (offset, shape, points) of this rank's block of output.snapshot_points
         self.provenance = None  # on rank 0 while training: the record of fbpinn.provenance (open segment)
@@ -503,8 +505,10 @@ class Trainer:
             p.grad = g
         return parts
 
-    def step(self, step: int):
-        """One optimisation step (1-based ``step``); returns (loss, loss per term, lr)."""
+    def step(self, step: int, wait: bool = True):
+        """One optimisation step (1-based ``step``); returns (loss, loss per term, lr), summed over the
+        ranks.  Under MPI with ``wait`` False the sum is only started: the loss and its terms are None,
+        and the sum arrives, with the next step's, through :meth:`finish_losses`."""
         tr = self.cfg.training
         entering = self.schedule.stage_of(step) != self.stage.index
         if entering:
@@ -541,10 +545,43 @@ class Trainer:
             self.optimizer.step()
         t4 = time.perf_counter()
         # The terms summed over ranks, and whether any rank was asked to stop (one reduction for both).
-        summed = self.ctx.allreduce(np.append(parts.detach().double().cpu().numpy(), float(received() > 0)))
-        parts, self.stop_agreed = summed[:-1], bool(summed[-1] > 0)
+        local = np.append(parts.detach().double().cpu().numpy(), float(received() > 0))
+        self._reduce_losses(step, local, wait)
         self.comm_seconds += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
-        return float(parts.sum()), parts, lr
+        if self.reduced and self.reduced[-1][0] == step:
+            summed = self.reduced[-1][1]
+            return float(summed.sum()), summed, lr
+        return None, None, lr
+
+    def _reduce_losses(self, step: int, local: np.ndarray | None, wait: bool) -> None:
+        """Sum a step's loss terms and stop flag (``local``) over the ranks, or only start the sum
+        (``wait`` False under MPI) and finish it at the next step, when it has long arrived: an ordinary
+        step then has no collective that waits for every rank.  The sums arrive in
+        :attr:`reduced` as (step, terms) in step order; ``local`` None finishes a pending sum only."""
+        if self._pending is not None:
+            done, finish = self._pending
+            self._pending = None
+            self._summed(done, finish())
+        if local is None:
+            return
+        if wait or not self.ctx.parallel:
+            self._summed(step, self.ctx.allreduce(local))
+        else:
+            self._pending = (step, self.ctx.iallreduce(local))
+
+    def _summed(self, step: int, summed: np.ndarray) -> None:
+        self.stop_agreed = self.stop_agreed or bool(summed[-1] > 0)
+        self.reduced.append((step, summed[:-1]))
+
+    def arrived(self) -> list:
+        """The sums of loss terms that have arrived, as (step, terms (T,)) in step order; forgets them."""
+        out, self.reduced = self.reduced, []
+        return out
+
+    def finish_losses(self) -> list:
+        """:meth:`arrived` after waiting for a pending sum."""
+        self._reduce_losses(0, None, True)
+        return self.arrived()
 
     def in_lbfgs_phase(self, step: int) -> bool:
         """Whether ``step`` uses L-BFGS (see :func:`fbpinn.schedulers.in_lbfgs_phase`)."""
@@ -882,18 +919,20 @@ class Trainer:
             for step in range(first, tr.steps + 1):
                 if self.schedule.stage_of(step) != self.stage.index:  # measure each stage's speed on its own
                     t_log, step_log = time.perf_counter(), step - 1
-                value, parts, lr = self.step(step)
-                self.loss_per_step.append(value)
-                if not math.isfinite(value):
-                    kept = f"; the last checkpoint is {checkpoints.last}" if checkpoints and checkpoints.last else ""
-                    raise TrainingError(f"loss became {value} at step {step} (terms: "
-                                        + ", ".join(f"{t.name}={p:.3g}" for t, p in zip(self.terms, parts))
-                                        + f"); lower training.lr or check the problem's scales{kept}")
                 last = step == tr.steps
+                snap = checkpoints is not None and cfg.output.snapshot_every and step % cfg.output.snapshot_every == 0
+                # Steps that log, evaluate or write need their own loss now; the others finish its sum
+                # over the ranks at the next step (no rank waits for all the others on them).
+                due = (step % tr.eval_every == 0 or last or step == 1 or step % tr.log_every == 0 or snap
+                       or (checkpoints is not None and checkpoints.due(step, last)))
+                value, parts, lr = self.step(step, wait=due)
+                # A stop agreed on the previous step's sum writes a checkpoint now: it needs this step's.
+                for done, terms in self.finish_losses() if self.stop_agreed else self.arrived():
+                    self._record_loss(done, terms, checkpoints)
                 if step % tr.eval_every == 0 or last or step == 1:
                     u_local, errors = self.evaluate()
                     history.record(hist, step, value, parts.tolist(), errors, self.wall_time(), lr, self.stage.index)
-                if checkpoints is not None and cfg.output.snapshot_every and step % cfg.output.snapshot_every == 0:
+                if snap:
                     evaluated = hist["step"] and hist["step"][-1] == step
                     self.snapshot(step, u_local if evaluated else None, self.wall_time())
                 if step % tr.log_every == 0 or last:
@@ -942,6 +981,16 @@ class Trainer:
         run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
         run.provenance = provenance.closed(self.provenance, tr.steps)
         return run
+
+    def _record_loss(self, step: int, terms: np.ndarray, checkpoints) -> None:
+        """Append ``step``'s loss to the loss of every step; TrainingError where it is not finite."""
+        value = float(terms.sum())
+        self.loss_per_step.append(value)
+        if not math.isfinite(value):
+            kept = f"; the last checkpoint is {checkpoints.last}" if checkpoints and checkpoints.last else ""
+            raise TrainingError(f"loss became {value} at step {step} (terms: "
+                                + ", ".join(f"{t.name}={p:.3g}" for t, p in zip(self.terms, terms))
+                                + f"); lower training.lr or check the problem's scales{kept}")
 
     def stage_points(self) -> list:
         """The global number of loss points of every stage of the schedule (the ETA's measure of a

@@ -64,8 +64,9 @@ def worker(subdomains: int, points: int, steps: int) -> None:
         t0 = time.perf_counter()
         for s in range(block):
             t1 = time.perf_counter()
-            trainer.step(warm + b * block + s + 1)
+            trainer.step(warm + b * block + s + 1, wait=False)  # as an ordinary step of a run
             each.append(time.perf_counter() - t1)
+        trainer.finish_losses()
         ctx.barrier()
         times.append((time.perf_counter() - t0) / block)
     sent = ctx.gather(trainer.bytes_sent / (blocks * block))
@@ -195,10 +196,15 @@ def main(argv=None) -> int:
               "block size, the overlap and the network size, not on the number of ranks or subdomains. At 1 GB/s "
               "of network bandwidth the largest figure above is well under a millisecond per step.", ""]
     out = Path(args.out)
-    notes = ""  # a hand-written "## Notes" section (analysis of the figures) survives a re-run
-    if out.is_file() and "\n## Notes" in out.read_text():
-        notes = out.read_text()[out.read_text().index("\n## Notes"):]
-    out.write_text("\n".join(lines) + notes)
+    # Sections this script does not write (the alpha-beta prediction of scripts/alphabeta.py, the
+    # hand-written "## Notes") survive a re-run, in their order.
+    own = {line for line in lines if line.startswith("## ")}
+    kept = ""
+    if out.is_file():
+        for section in ("\n" + out.read_text()).split("\n## ")[1:]:
+            if "## " + section.splitlines()[0].strip() not in own and not section.startswith("#"):
+                kept += "\n## " + section.rstrip("\n") + "\n"
+    out.write_text("\n".join(lines) + kept)
     print(f"wrote {args.out}")
     return 0
 

@@ -36,10 +36,10 @@ def blow_up_at(monkeypatch, step: int) -> None:
 
     original = Trainer.step
 
-    def patched(self, n):
+    def patched(self, n, *args, **kwargs):
         if n == step:
             self.model.nets[0].weights[0].data.fill_(float("nan"))
-        return original(self, n)
+        return original(self, n, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "step", patched)
 

@@ -277,8 +277,8 @@ def _blow_up(monkeypatch, at: int, what: str, stop: bool = False):
 
     original = Trainer.step
 
-    def step(self, n):
-        result = original(self, n)
+    def step(self, n, *args, **kwargs):
+        result = original(self, n, *args, **kwargs)
         if n == at:
             target = self.model.nets[0].weights[0] if what == "parameter" else self.optimizer.exp_avg[1]
             target.data.view(-1)[3] = float("nan")

@@ -353,3 +353,33 @@ def test_processes_started_by_a_launcher_but_not_joined_by_mpi_stop(tmp_path, mp
                    {"OMPI_COMM_WORLD_SIZE": "1"}, tmp_path, prelude)
     assert proc.returncode == 0, proc.stderr
     assert (out / "run.h5").is_file()
+
+
+@needs_mpi
+def test_ordinary_steps_only_start_the_sum_of_the_loss(tmp_path):
+    # Steps that neither log, evaluate nor write start the sum of their loss over the ranks and
+    # finish it at the next step; the run still equals the serial one step for step.
+    cfg_path = write_toml({**COS1D, "training": {**COS1D["training"], "log_every": 25}}, tmp_path / "c.toml")
+    serial = fbpinn.train(fbpinn.load_config(cfg_path))
+    script = textwrap.dedent(f"""
+        import fbpinn
+        from fbpinn.parallel import Context
+        from fbpinn.io import write_results
+        started = []
+        real = Context.iallreduce
+        def counted(self, array):
+            started.append(len(array))
+            return real(self, array)
+        Context.iallreduce = counted
+        ctx = Context.from_environment()
+        run = fbpinn.train(fbpinn.load_config({str(cfg_path)!r}), ctx)
+        print("rank", ctx.rank, "started", len(started), "losses", len(run.loss_per_step), flush=True)
+        if ctx.rank == 0:
+            write_results({str(tmp_path / "run.h5")!r}, run)
+    """)
+    proc = mpirun(3, ["-c", script])
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    due = {1, 25, 50, 75, 100}  # the first and last steps, evaluations (50) and log lines (25)
+    for rank in range(3):
+        assert f"rank {rank} started {100 - len(due)} losses 100" in proc.stdout, proc.stdout
+    assert_same_run(serial, tmp_path / "run.h5")

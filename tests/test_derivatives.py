@@ -143,3 +143,41 @@ def test_product_rule_written_out_while_compiling_equals_the_gathered_form():
     # (u v)_yyz has 2^3 = 8 terms: 6 distinct pairs, those with one y and with yz twice
     k = orders.index((1, 1, 2))
     assert sum(c for _, c in rule.terms[k]) == 8 and len(rule.terms[k]) == 6
+
+
+@pytest.mark.parametrize("hidden", [[9], [9, 7]])
+def test_thin_products_written_out_while_compiling_equal_the_eager_path_and_gradients(hidden):
+    # While torch.compile traces, products with at most NARROW output columns (the output layer of
+    # [9]'s fold takes the 2 first- and the 3 second-order entries) are broadcast sums: traced with
+    # dynamo's eager backend, the fields and the parameters' gradients equal the eager batched GEMMs.
+    import fbpinn.derivatives as D
+
+    prob = Plain([0.0, -1.0], [1.0, 1.0])
+    level = Level(prob.domain, [3, 2], 1.7)
+    model = FBPINN(prob, [level], hidden, "tanh", torch.Generator().manual_seed(3), torch.float64)
+    x = torch.rand(90, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 2 - 1
+    batch = model.prepare(x.abs(), [(0, 0), (1, 1), (0, 1)])
+    assert len(batch.orders) <= 1 + 2 + 3 and batch.orders != [()]
+
+    def loss_and_grads():
+        u = model(batch)
+        loss = (u * u).sum()
+        return u.detach(), torch.autograd.grad(loss, list(model.parameters()))
+
+    eager = loss_and_grads()
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        traced = torch.compile(loss_and_grads, backend="eager")()
+    calls = []
+    real = D._matmul
+    D._matmul = lambda a, w: calls.append(w.shape[2]) or real(a, w)
+    try:
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            torch._dynamo.reset()
+            torch.compile(loss_and_grads, backend="eager")()
+    finally:
+        D._matmul = real
+    assert any(1 < n <= D.NARROW for n in calls) == (len(hidden) == 1)  # the thin path (only after the fold)
+    torch.testing.assert_close(traced[0], eager[0], rtol=1e-12, atol=1e-13)
+    for a, b in zip(traced[1], eager[1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)

@@ -303,8 +303,17 @@ class Trainer:
         self.term_scales = [torch.tensor(t.weight / (t.n_global or t.x.shape[0]), dtype=self.dtype,
                                          device=self.model.device) for t in self.terms]
         self._prepare_causal()
-        if self.cfg.training.compile:
+        if self.cfg.training.compile and self.sizes_change():
             self._mark_dynamic()
+
+    def sizes_change(self) -> bool:
+        """Whether the prepared tensors' sizes may change during the run: random points (the config
+        allows redraws, adaptive ones included, of random samplers only) or the stages of a
+        schedule.  When they cannot, torch.compile keeps them
+        fixed, and its kernels with constant loop bounds are faster (cos1d: 2.3 against 2.6 ms per
+        step on 2 cores); a size that changes after all costs one more compilation, not a wrong
+        result."""
+        return self.cfg.training.sampler != "grid" or self.schedule.n_stages > 1
 
     def _mark_dynamic(self) -> None:
         """Tell torch.compile which sizes of the prepared tensors change from one draw of the points

@@ -145,3 +145,33 @@ def test_a_small_step_runs_on_one_thread_when_threads_are_automatic(monkeypatch,
     trainer = Trainer(cfg)
     assert (trainer.pairs() * 8 < Trainer.SMALL_STEP) == (points == [40])
     assert (torch.get_num_threads() == 1) == expect_one
+
+
+def test_sizes_stay_static_only_when_the_points_never_change():
+    base = {"problem": {"name": "cos1d"}, "decomposition": {"subdomains": [4], "overlap": 2.5},
+            "network": {"hidden": [8]}, "test": {"points": [20]}, "training": {"steps": 4, "points": [40]}}
+    assert not Trainer(fbpinn.load_config(data=base)).sizes_change()
+    for training in ({"sampler": "uniform"}, {"sampler": "sobol", "resample_every": 2},
+                     {"sampler": "uniform", "adaptive": 0.5, "resample_every": 2}):
+        data = {**base, "training": {**base["training"], **training}}
+        assert Trainer(fbpinn.load_config(data=data)).sizes_change(), training
+    assert Trainer(marching(resample_every=0)).sizes_change()  # the slabs hold different points
+
+
+def test_a_fixed_grid_compiles_once_with_static_sizes(monkeypatch):
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda f: real(f, backend="eager"))
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = fbpinn.load_config(data={
+        "problem": {"name": "cos1d"}, "decomposition": {"subdomains": [4], "overlap": 2.5},
+        "network": {"hidden": [8]}, "test": {"points": [20]},
+        "training": {"steps": 6, "points": [40], "compile": True}})
+    trainer = Trainer(cfg)
+    marked = []
+    monkeypatch.setattr(torch._dynamo, "maybe_mark_dynamic", lambda t, d: marked.append(d))
+    trainer._prepare_terms()
+    assert marked == []
+    for step in range(1, 7):
+        trainer.step(step)
+    assert counters["stats"]["unique_graphs"] == 1

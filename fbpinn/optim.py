@@ -30,7 +30,16 @@ class Adam:
         self.lr, (self.beta1, self.beta2), self.eps = float(lr), betas, float(eps)
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+        # Each parameter's step count, as views of one tensor: one addition counts a step of all.
+        self._counts = {}
+        for p in self.params:
+            self._counts.setdefault(p.device, torch.zeros(sum(q.device == p.device for q in self.params),
+                                                          dtype=torch.float32, device=p.device))
+        used = {d: 0 for d in self._counts}
+        self.steps = []
+        for p in self.params:
+            self.steps.append(self._counts[p.device][used[p.device]])
+            used[p.device] += 1
         self.fused = hasattr(torch, "_fused_adam_")
 
     def zero_grad(self) -> None:
@@ -40,15 +49,19 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         """Apply one update with the gradients in ``p.grad`` (parameters without one are skipped)."""
-        idx = [i for i, p in enumerate(self.params) if p.grad is not None]
-        if not idx:
-            return
-        params = [self.params[i] for i in idx]
-        grads = [self.params[i].grad for i in idx]
-        m = [self.exp_avg[i] for i in idx]
-        v = [self.exp_avg_sq[i] for i in idx]
-        steps = [self.steps[i] for i in idx]
-        torch._foreach_add_(steps, 1)
+        grads = [p.grad for p in self.params]
+        if all(g is not None for g in grads):  # as on every ordinary step
+            params, m, v, steps = self.params, self.exp_avg, self.exp_avg_sq, self.steps
+            for counts in self._counts.values():
+                counts.add_(1)
+        else:
+            idx = [i for i, g in enumerate(grads) if g is not None]
+            if not idx:
+                return
+            params, grads = [self.params[i] for i in idx], [grads[i] for i in idx]
+            m, v = [self.exp_avg[i] for i in idx], [self.exp_avg_sq[i] for i in idx]
+            steps = [self.steps[i] for i in idx]
+            torch._foreach_add_(steps, 1)
         if self.fused:
             torch._fused_adam_(params, grads, m, v, [], steps, lr=self.lr, beta1=self.beta1, beta2=self.beta2,
                                weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)

@@ -204,7 +204,7 @@ def test_stage_points_count_each_slabs_loss_points():
 
 
 def test_compilation_is_announced_and_timed(monkeypatch, caplog):
-    monkeypatch.setattr(torch, "compile", lambda f: f)  # stands in for the compiler: no C++ toolchain needed
+    monkeypatch.setattr(torch, "compile", lambda f, **options: f)  # stands in for the compiler: no C++ toolchain needed
     cfg = fbpinn.load_config(data={**{k: COS1D[k] for k in ("problem", "decomposition", "network", "test")},
                                    "training": {**COS1D["training"], "steps": 3, "compile": True}})
     with caplog.at_level(logging.INFO, logger="fbpinn"):

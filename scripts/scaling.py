@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HIDDEN = [16, 16]
 
 
-def worker(subdomains: int, points: int, steps: int) -> None:
-    """Time ``steps`` training steps of cos1d on this MPI job; rank 0 prints JSON."""
+def worker(subdomains: int, points: int, steps: int, grid=None) -> None:
+    """Time ``steps`` training steps of cos1d on this MPI job (``grid`` (nx, ny): of laplace 2-D with
+    that subdomain grid, 8 x 8 points per subdomain, split in blocks); rank 0 prints JSON."""
     import torch
 
     import fbpinn
@@ -46,11 +47,18 @@ def worker(subdomains: int, points: int, steps: int) -> None:
     from fbpinn.trainer import Trainer, configure_threads
 
     ctx = Context.from_environment()
-    cfg = fbpinn.load_config(data={
-        "problem": {"name": "cos1d", "output_scale": 1.0},
-        "decomposition": {"subdomains": [subdomains], "overlap": 2.99},
-        "network": {"hidden": HIDDEN},
-        "training": {"steps": steps, "points": [points], "threads": 1, "dtype": "float32"}})
+    if grid:
+        subdomains, points = grid[0] * grid[1], 64 * grid[0] * grid[1]
+        cfg = fbpinn.load_config(data={
+            "problem": {"name": "laplace2d_multiscale", "scales": 3, "output_scale": 0.75},
+            "decomposition": {"subdomains": list(grid), "overlap": 1.9}, "network": {"hidden": [16]},
+            "training": {"steps": steps, "points": [8 * grid[0], 8 * grid[1]], "threads": 1, "dtype": "float32"}})
+    else:
+        cfg = fbpinn.load_config(data={
+            "problem": {"name": "cos1d", "output_scale": 1.0},
+            "decomposition": {"subdomains": [subdomains], "overlap": 2.99},
+            "network": {"hidden": HIDDEN},
+            "training": {"steps": steps, "points": [points], "threads": 1, "dtype": "float32"}})
     configure_threads(1, ctx)
     trainer = Trainer(cfg, ctx)
     warm = 30
@@ -117,6 +125,9 @@ def params_per_subdomain(dim: int, hidden) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", nargs=2, type=int, metavar=("SUBDOMAINS", "POINTS"), help="one measurement (under mpiexec)")
+    p.add_argument("--grid", nargs=2, type=int, metavar=("NX", "NY"),
+                   help="with --worker: laplace 2-D on this subdomain grid instead of cos1d (SUBDOMAINS and "
+                        "POINTS are then ignored)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--per-rank", type=int, nargs="+", default=[32, 128],
                    help="subdomains per rank in the weak-scaling runs (one study per value)")
@@ -124,7 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "scaling.md"))
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.worker[0], args.worker[1], args.steps)
+        worker(args.worker[0], args.worker[1], args.steps, args.grid)
         return 0
 
     from fbpinn.parallel import rank_grid

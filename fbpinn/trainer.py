@@ -16,6 +16,7 @@ to ``run.h5``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -182,7 +183,9 @@ class Trainer:
         self.fused = tr.compile and hasattr(torch._dynamo.config, "trace_autograd_ops")
         self.stop_agreed = False  # some rank received a stop signal (see stop_signals)
         self._pending = None  # (step, wait) of a sum of loss terms started and not yet finished
-        self.reduced = []  # (step, loss terms summed over the ranks) not yet taken by finish_losses
+        # (step, loss terms summed over the ranks) not yet taken by arrived(): at most the previous
+        # step's and this one's (a caller that never takes them, such as a benchmark, keeps no more).
+        self.reduced = collections.deque(maxlen=2)
         self.snapshots = None  # a fbpinn.io.Snapshots on rank 0 while fbpinn train writes them
         self._snapshot_block = None  # (offset, shape, points) of this rank's block of output.snapshot_points
         self.provenance = None  # on rank 0 while training: the record of fbpinn.provenance (open segment)
@@ -608,7 +611,8 @@ class Trainer:
 
     def arrived(self) -> list:
         """The sums of loss terms that have arrived, as (step, terms (T,)) in step order; forgets them."""
-        out, self.reduced = self.reduced, []
+        out = list(self.reduced)
+        self.reduced.clear()
         return out
 
     def finish_losses(self) -> list:

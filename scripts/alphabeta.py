@@ -57,38 +57,32 @@ def measure(repeats: int = 200) -> dict | None:
     if comm.Get_size() < 2:
         raise SystemExit("alphabeta: --measure needs at least 2 ranks (mpiexec -n 2 ...)")
     out = {"ranks": comm.Get_size(), "pingpong": {}, "allreduce_us": None}
-    warm = np.zeros(8, dtype=np.uint8)
-    for _ in range(100):  # the first messages set up the connection: leave them out
+
+    def round_trip(buf):
         if rank == 0:
-            comm.Send(warm, dest=1, tag=2)
-            comm.Recv(warm, source=1, tag=2)
+            comm.Send(buf, dest=1)
+            comm.Recv(buf, source=1)
         elif rank == 1:
-            comm.Recv(warm, source=0, tag=2)
-            comm.Send(warm, dest=0, tag=2)
-    for size in SIZES:
-        buf = np.zeros(size, dtype=np.uint8)
+            comm.Recv(buf, source=0)
+            comm.Send(buf, dest=0)
+
+    def median_us(operation, *args) -> float:
+        """Median time of ``operation(*args)`` after 10 untimed ones, every rank starting together."""
         times = []
         for i in range(repeats + 10):
             comm.Barrier()
             t0 = time.perf_counter()
-            if rank == 0:
-                comm.Send(buf, dest=1, tag=1)
-                comm.Recv(buf, source=1, tag=1)
-            elif rank == 1:
-                comm.Recv(buf, source=0, tag=1)
-                comm.Send(buf, dest=0, tag=1)
+            operation(*args)
             if i >= 10:
                 times.append(time.perf_counter() - t0)
-        out["pingpong"][size] = statistics.median(times) / 2 * 1e6  # microseconds, one way
-    small = np.zeros(1)
-    times = []
-    for i in range(repeats + 10):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        comm.Allreduce(MPI.IN_PLACE, small, op=MPI.SUM)
-        if i >= 10:
-            times.append(time.perf_counter() - t0)
-    out["allreduce_us"] = statistics.median(times) * 1e6
+        return statistics.median(times) * 1e6
+
+    warm = np.zeros(8, dtype=np.uint8)
+    for _ in range(100):  # the first messages set up the connection: leave them out
+        round_trip(warm)
+    for size in SIZES:
+        out["pingpong"][size] = median_us(round_trip, np.zeros(size, dtype=np.uint8)) / 2  # one way
+    out["allreduce_us"] = median_us(lambda a: comm.Allreduce(MPI.IN_PLACE, a, op=MPI.SUM), np.zeros(1))
     return out if rank == 0 else None
 
 

@@ -197,7 +197,12 @@ class Trainer:
         self.term_names = [t.name for t in self.terms]
         self._elapsed, self._t0, self.first_step = 0.0, None, 1
 
-    SMALL_STEP = 32768  # (point, subdomain) pairs times the widest hidden layer: below it one thread is faster
+    SMALL_STEP = 32768  # a step_size() below which one thread is faster
+
+    def step_size(self) -> int:
+        """The (point, subdomain) pairs of a step times the widest hidden layer: the measure of a
+        step's work that the thread count and the compiled wrapper are chosen by."""
+        return self.pairs() * max(self.cfg.network.hidden or [1])
 
     def small_step_threads(self) -> bool:
         """With ``training.threads = 0`` on one process on the CPU and no OMP_NUM_THREADS, run a small step
@@ -207,7 +212,7 @@ class Trainer:
         1.10 ms).  Returns whether it chose one thread."""
         from .config import omp_num_threads
 
-        small = self.pairs() * max(self.cfg.network.hidden or [1]) < self.SMALL_STEP
+        small = self.step_size() < self.SMALL_STEP
         if (self.cfg.training.threads or self.ctx.parallel or self.model.device.type != "cpu"
                 or omp_num_threads() is not None or not small):
             return False
@@ -312,10 +317,9 @@ class Trainer:
     def sizes_change(self) -> bool:
         """Whether the prepared tensors' sizes may change during the run: random points (the config
         allows redraws, adaptive ones included, of random samplers only) or the stages of a
-        schedule.  When they cannot, torch.compile keeps them
-        fixed, and its kernels with constant loop bounds are faster (cos1d: 2.3 against 2.6 ms per
-        step on 2 cores); a size that changes after all costs one more compilation, not a wrong
-        result."""
+        schedule.  When they cannot, torch.compile keeps them fixed, and its kernels with constant
+        loop bounds are faster (cos1d: 2.3 against 2.6 ms per step on 2 cores); a size that changes
+        after all costs one more compilation, not a wrong result."""
         return self.cfg.training.sampler != "grid" or self.schedule.n_stages > 1
 
     def _mark_dynamic(self) -> None:
@@ -490,7 +494,7 @@ class Trainer:
         grads = torch.autograd.grad(parts.sum(), self.params, allow_unused=True)
         return parts.detach(), grads
 
-    WRAPPED_STEP = 10 * SMALL_STEP  # pairs times the widest layer below which the step's wrapper is compiled too
+    WRAPPED_STEP = 10 * SMALL_STEP  # a step_size() below which the step's wrapper is compiled too
     use_cpp_wrapper = True  # False once a compilation with the C++ wrapper has failed
 
     def wrapped_step(self) -> bool:
@@ -499,7 +503,7 @@ class Trainer:
         oscillator's, and costs a few seconds more compilation (laplace 8 x 8: 51 against 41 s),
         so only steps below :attr:`WRAPPED_STEP` take it (cos1d 2.49 against 2.59 ms, laplace 8 x 8
         3.49 against 3.62 ms on 2 cores)."""
-        small = self.pairs() * max(self.cfg.network.hidden or [1]) < self.WRAPPED_STEP
+        small = self.step_size() < self.WRAPPED_STEP
         return small and self.model.device.type == "cpu" and self.use_cpp_wrapper
 
     def _fused_gradients(self) -> torch.Tensor:

@@ -145,7 +145,8 @@ def test_a_small_step_runs_on_one_thread_when_threads_are_automatic(monkeypatch,
         "network": {"hidden": [8]}, "test": {"points": [20]},
         "training": {"steps": 3, "points": points, "threads": threads}})
     trainer = Trainer(cfg)
-    assert (trainer.pairs() * 8 < Trainer.SMALL_STEP) == (points == [40])
+    assert trainer.step_size() == trainer.pairs() * 8
+    assert (trainer.step_size() < Trainer.SMALL_STEP) == (points == [40])
     assert (torch.get_num_threads() == 1) == expect_one
 
 

@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     kept = ""
     if out.is_file():
         for section in ("\n" + out.read_text()).split("\n## ")[1:]:
-            if "## " + section.splitlines()[0].strip() not in own and not section.startswith("#"):
+            if "## " + section.splitlines()[0].strip() not in own:
                 kept += "\n## " + section.rstrip("\n") + "\n"
     out.write_text("\n".join(lines) + kept)
     print(f"wrote {args.out}")

@@ -36,12 +36,33 @@ limit (:data:`MAX_ORDER`); the index tables are built once per closure.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 
 import torch
 
 MAX_ORDER = 6  # highest derivative order the forward-mode path provides (cost: see above)
+
+_tracing = False  # True while a training step is traced for a compiler outside dynamo (see compiling)
+
+
+def compiling() -> bool:
+    """Whether the operations run now are recorded for a compiler (dynamo's ``torch.compile``, or the
+    trace of a whole training step, :func:`traced_for_compiler`): the paths that suit generated
+    kernels rather than eager calls are taken then."""
+    return _tracing or torch.compiler.is_compiling()
+
+
+@contextlib.contextmanager
+def traced_for_compiler():
+    """Within: :func:`compiling` is True."""
+    global _tracing
+    before, _tracing = _tracing, True
+    try:
+        yield
+    finally:
+        _tracing = before
 
 
 def parse(name: str, axes: tuple[str, ...], fields: tuple[str, ...] = ("u",)) -> tuple[int, ...]:
@@ -121,7 +142,7 @@ class ProductRule:
         self.out_index = torch.tensor(oi)
 
     def apply(self, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
+        if compiling():
             rows = []
             for pairs in self.terms:
                 acc = None
@@ -432,7 +453,7 @@ def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     batched GEMM, which does not store the broadcast product."""
     if w.shape[2] == 1:
         return (x * w[:, None, :, 0]).sum(-1, keepdim=True)
-    if w.shape[2] <= NARROW and torch.compiler.is_compiling():
+    if w.shape[2] <= NARROW and compiling():
         return (x.unsqueeze(-1) * w.unsqueeze(1)).sum(-2)
     return torch.bmm(x, w)
 

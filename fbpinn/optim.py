@@ -76,6 +76,19 @@ class Adam:
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(params, m, denom, -self.lr / bc1)
 
+    @property
+    def counts(self) -> torch.Tensor:
+        """The step count of every parameter, one tensor (every parameter on one device)."""
+        if len(self._counts) != 1:
+            raise ValueError(f"the parameters are on {len(self._counts)} devices; one was expected")
+        return next(iter(self._counts.values()))
+
+    def update(self, grads, lr: torch.Tensor) -> None:
+        """The update of :meth:`step` written with tensor operations only, for a compiled training step
+        (see :func:`adam_update`)."""
+        adam_update(self.params, grads, self.exp_avg, self.exp_avg_sq, self.counts, lr, self.beta1, self.beta2,
+                    self.eps)
+
     def state_dict(self) -> dict:
         return {"lr": self.lr, "betas": (self.beta1, self.beta2), "eps": self.eps,
                 "exp_avg": [t.clone() for t in self.exp_avg], "exp_avg_sq": [t.clone() for t in self.exp_avg_sq],
@@ -86,6 +99,32 @@ class Adam:
         for dst, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq"), (self.steps, "steps")):
             for d, s in zip(dst, state[key]):
                 d.copy_(s)
+
+
+def adam_update(params, grads, exp_avg, exp_avg_sq, counts: torch.Tensor, lr: torch.Tensor, beta1: float,
+                beta2: float, eps: float) -> None:
+    """One Adam update, in place, written with tensor operations only so that it can be traced into a
+    compiled training step; the numbers of :meth:`Adam.step`.
+
+    ``grads`` follow the parameters (None: that parameter is skipped, as :meth:`Adam.step` skips one
+    without a gradient); ``counts`` holds every parameter's step count; the learning rate is a 0-d
+    float64 tensor, so that a schedule changes a value rather than the compiled program.  The
+    learning rate and the bias corrections are taken in double, as :meth:`Adam.step` takes them."""
+    used = [i for i, g in enumerate(grads) if g is not None]
+    with torch.no_grad():
+        if len(used) == len(grads):
+            counts.add_(1)
+        else:
+            for i in used:
+                counts[i].add_(1)
+        for i in used:
+            p, g, m, v = params[i], grads[i], exp_avg[i], exp_avg_sq[i]
+            n = counts[i].double()
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            step_size = lr / (1 - beta1**n)  # 0-d, double: rounded once, where it scales m
+            denom = v.sqrt() / (1 - beta2**n).sqrt() + eps
+            p.sub_(step_size * m / denom)
 
 
 def _substitute(T: np.ndarray, rhs: np.ndarray, upper: bool) -> np.ndarray:

@@ -44,6 +44,32 @@ def blow_up_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(Trainer, "step", patched)
 
 
+@pytest.fixture
+def without_compiler(monkeypatch):
+    """torch.compile with dynamo's eager backend and the traced whole step run as its graph: every
+    path of training.compile is taken (graph capture, guards, the trace) with no C++ code generated.
+    Yields the graphs captured so far, by compiled function ("traced" for the traced step)."""
+    import fbpinn.trainer
+
+    real = torch.compile
+    graphs = {}
+
+    def compile_(f, **options):
+        def backend(gm, inputs):
+            graphs[f.__name__] = graphs.get(f.__name__, 0) + 1
+            return gm.forward
+        return real(f, backend=backend)
+
+    def compile_traced(graph, inputs, cpp_wrapper):
+        graphs["traced"] = graphs.get("traced", 0) + 1
+        return graph
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    monkeypatch.setattr(fbpinn.trainer, "compile_traced", compile_traced)
+    torch._dynamo.reset()
+    yield graphs
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)

@@ -4,7 +4,6 @@ decide about recompiling, without the C++ code generation), so the test needs no
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
 import fbpinn
 from fbpinn.trainer import Trainer
@@ -22,41 +21,38 @@ def marching(resample_every: int, compile_: bool = True):
     })
 
 
-def compiled_graphs(monkeypatch, cfg, mark: bool = True) -> tuple[int, set, set]:
-    """Graphs dynamo captured over a whole run, the point counts the run saw, and the layouts of
-    its batches (the number of subdomain groups in each pass: a new layout is a new graph)."""
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda f, **options: real(f, backend="eager"))
+def compiled_graphs(monkeypatch, graphs, cfg, mark: bool = True) -> tuple[dict, set, set]:
+    """Graphs captured over a whole run for each compiled function (the Adam steps' whole step, the
+    L-BFGS phase's loss and gradient; see the without_compiler fixture), the point counts the run saw,
+    and the layouts of its batches (the number of subdomain groups in each pass: a new layout is a
+    new graph)."""
     if not mark:
         monkeypatch.setattr(Trainer, "_mark_dynamic", lambda self: None)
-    torch._dynamo.reset()
-    counters.clear()
     trainer = Trainer(cfg)
     seen, layouts = set(), set()
     for step in range(1, cfg.training.steps + 1):
         trainer.step(step)
         seen.add(trainer.n_points())
         layouts.add(tuple(len(p.batch.blocks) for p in trainer.passes))
-    return counters["stats"]["unique_graphs"], seen, layouts
+    return graphs, seen, layouts
 
 
-def test_one_compilation_for_every_draw_and_slab_of_a_layout(monkeypatch):
-    graphs, seen, layouts = compiled_graphs(monkeypatch, marching(resample_every=2))
+def test_one_compilation_for_every_draw_and_slab_of_a_layout(monkeypatch, without_compiler):
+    graphs, seen, layouts = compiled_graphs(monkeypatch, without_compiler, marching(resample_every=2))
     assert len(seen) >= 6  # the point count changed with the draws and the slabs
-    assert graphs == len(layouts) <= 2
+    assert set(graphs) == {"_whole_impl", "_gradients_impl"}  # Adam steps, L-BFGS steps (never traced:
+    assert graphs["_whole_impl"] == len(layouts) <= 2  # the points change); each slab's new Adam
+    assert graphs["_gradients_impl"] <= len(layouts)  # compiles nothing again
 
 
-def test_without_the_dynamic_sizes_each_new_size_compiles_again(monkeypatch):
+def test_without_the_dynamic_sizes_each_new_size_compiles_again(monkeypatch, without_compiler):
     # What the marking prevents: the first graph is specialised to the first draw's sizes.
-    graphs, _, layouts = compiled_graphs(monkeypatch, marching(resample_every=2), mark=False)
-    assert graphs > len(layouts)
+    graphs, _, layouts = compiled_graphs(monkeypatch, without_compiler, marching(resample_every=2), mark=False)
+    assert graphs["_whole_impl"] > len(layouts)
 
 
-def test_compiled_run_equals_the_eager_one(monkeypatch):
+def test_compiled_run_equals_the_eager_one(without_compiler):
     # The loss as a tensor-held scale and rows taken by the terms' sizes change no number.
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda f, **options: real(f, backend="eager"))
-    torch._dynamo.reset()
     runs = []
     for compile_ in (True, False):
         cfg = marching(resample_every=2, compile_=compile_)
@@ -65,46 +61,90 @@ def test_compiled_run_equals_the_eager_one(monkeypatch):
     assert runs[0] == pytest.approx(runs[1], rel=1e-6)
 
 
-def test_loss_and_gradient_are_one_graph_equal_to_the_loss_only_compilation(monkeypatch):
-    # training.compile traces torch.autograd.grad into the loss's graph: the backward pass is not a
-    # second graph behind the autograd engine.  The parameters it reaches equal the ones reached by
-    # compiling the loss alone and back-propagating, step for step.
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda f, **options: real(f, backend="eager"))
-    cfg = fbpinn.load_config(data={
-        "problem": {"name": "cos1d"}, "decomposition": {"subdomains": [6], "overlap": 2.5},
+def small(problem: str = "cos1d", **training):
+    return fbpinn.load_config(data={
+        "problem": {"name": problem}, "decomposition": {"subdomains": [6], "overlap": 2.5},
         "network": {"hidden": [8, 8]},
         "training": {"steps": 6, "points": [80], "dtype": "float64", "log_every": 10**6, "eval_every": 10**6,
-                     "compile": True},
+                     "compile": True, **training},
         "test": {"points": [50]}})
+
+
+MODES = {"traced": "traced", "whole": "_whole_impl", "gradient": "_gradients_impl", "loss": "_loss_impl"}
+
+
+@pytest.mark.parametrize("problem, extra", [("cos1d", {}), ("harmonic_oscillator_inverse", {"lr_decay": 0.5})])
+def test_each_compiled_step_is_one_graph_equal_to_the_loss_only_compilation(without_compiler, problem, extra):
+    # training.compile on fixed points traces the whole step once (loss, gradient, Adam update) with
+    # the points as constants; without the trace, dynamo compiles the whole step, or the loss and
+    # its gradient (torch.autograd.grad traced into the loss's graph), or the loss alone.  The
+    # parameters each reaches are the same, step for step, with a learning rate that changes every
+    # step and a learned constant of the problem among the parameters.
+    cfg = small(problem, **extra)
     runs, params = [], []
-    for fused in (True, False):
+    for mode, graph in MODES.items():
         torch._dynamo.reset()
-        counters.clear()
+        without_compiler.clear()
         trainer = Trainer(cfg)
-        assert trainer.fused
-        trainer.fused = fused
+        assert trainer.fused and trainer.whole and trainer.trace and not trainer.sizes_change()
+        trainer.trace, trainer.whole, trainer.fused = mode == "traced", mode in ("traced", "whole"), mode != "loss"
         runs.append([trainer.step(step)[0] for step in range(1, cfg.training.steps + 1)])
         params.append([p.detach().clone() for p in trainer.params])
-        if fused:
-            assert counters["stats"]["unique_graphs"] == 1
-            assert trainer._compiled is None  # the loss-only compilation was not used
-    assert runs[0] == pytest.approx(runs[1], rel=1e-12)
-    for a, b in zip(*params):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        assert without_compiler == {graph: 1}, mode
+    assert len(params[0]) > 2 + 2 * (problem != "cos1d")  # every layer, and the learned constant
+    for other in range(1, len(MODES)):
+        assert runs[0] == pytest.approx(runs[other], rel=1e-12)
+        for a, b in zip(params[0], params[other]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert max(float((a - b.detach()).abs().max()) for a, b in zip(params[0], Trainer(cfg).params)) > 1e-4  # trained
 
 
-def test_a_failed_compilation_of_loss_and_gradient_falls_back_to_the_loss_alone(monkeypatch, caplog):
-    real = torch.compile
+def test_the_traced_step_compiled_by_inductor_equals_the_eager_run():
+    # The real compiler (C++ kernels, with the C++ wrapper for a step this small).
+    cfg = small("harmonic_oscillator", steps=4)
+    eager = Trainer(small("harmonic_oscillator", steps=4, compile=False))
+    traced = Trainer(cfg)
+    expected = [eager.step(s)[0] for s in range(1, 5)]
+    got = [traced.step(s)[0] for s in range(1, 5)]
+    assert traced._traced is not None and traced.trace
+    assert got == pytest.approx(expected, rel=1e-12)
+    for a, b in zip(traced.params, eager.params):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-11, atol=1e-13)
 
-    def compile_(f, **options):
-        if f.__name__ == "_gradients_impl":
-            def broken():
-                raise RuntimeError("cannot trace this\nsecond line")
-            return broken
-        return real(f, backend="eager")
 
-    monkeypatch.setattr(torch, "compile", compile_)
+def test_the_traced_step_is_traced_again_for_new_points_and_resumes_exactly(without_compiler):
+    cfg = small(steps=8)
+    straight = Trainer(cfg)
+    expected = [straight.step(s)[0] for s in range(1, 9)]
+    without_compiler.clear()
+    first = Trainer(cfg)
+    [first.step(s) for s in range(1, 5)]
+    assert without_compiler == {"traced": 1}
+    state = first.state_dict(4)
+    second = Trainer(cfg)
+    second.load_state_dict(state)  # prepares its points: a new trace
+    got = [second.step(s)[0] for s in range(5, 9)]
+    assert without_compiler == {"traced": 2}
+    assert got == expected[4:]
+    for a, b in zip(second.params, straight.params):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("broken", [("traced",), ("traced", "_whole_impl"),
+                                    ("traced", "_whole_impl", "_gradients_impl")])
+def test_a_failed_compilation_falls_back_a_stage_at_a_time(monkeypatch, without_compiler, caplog, broken):
+    # The traced step that fails goes through dynamo; the whole step that fails to compile there
+    # leaves the update outside; the loss and gradient that fail leave the gradient to the autograd
+    # engine.  Each first tries the C++ wrapper.
+    import fbpinn.trainer
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("cannot trace this\nsecond line")
+
+    real_compile, real_traced = torch.compile, fbpinn.trainer.compile_traced
+    monkeypatch.setattr(torch, "compile", lambda f, **options: fails if f.__name__ in broken else
+                        real_compile(f, **options))
+    monkeypatch.setattr(fbpinn.trainer, "compile_traced", fails if "traced" in broken else real_traced)
     data = {"problem": {"name": "cos1d"}, "decomposition": {"subdomains": [4], "overlap": 2.5},
             "network": {"hidden": [8]}, "test": {"points": [20]},
             "training": {"steps": 3, "points": [40], "dtype": "float64", "compile": False}}
@@ -113,10 +153,16 @@ def test_a_failed_compilation_of_loss_and_gradient_falls_back_to_the_loss_alone(
     trainer = Trainer(fbpinn.load_config(data={**data, "training": {**data["training"], "compile": True}}))
     with caplog.at_level("WARNING", logger="fbpinn.trainer"):
         losses = [trainer.step(s)[0] for s in range(1, 4)]
-    assert not trainer.fused and trainer._compiled is not None
+    assert not trainer.trace
+    assert trainer.whole == (len(broken) == 1) and trainer.fused == (len(broken) < 3)
+    assert (trainer._compiled is not None) == (len(broken) == 3)
     messages = [r.getMessage() for r in caplog.records]
     assert "torch.compile with a C++ wrapper failed (cannot trace this); compiling without" in messages
-    assert any("failed (cannot trace this); compiling the loss alone" in m for m in messages)
+    fallbacks = ["torch.compile of the traced step failed (cannot trace this); compiling it through dynamo",
+                 "torch.compile of the step with its update failed (cannot trace this); updating the parameters "
+                 "outside the compiled step",
+                 "torch.compile of the loss and its gradient failed (cannot trace this); compiling the loss alone"]
+    assert [m for m in messages if m in fallbacks] == fallbacks[:len(broken)]
     assert losses == pytest.approx(expected, rel=1e-12)
 
 
@@ -161,11 +207,7 @@ def test_sizes_stay_static_only_when_the_points_never_change():
     assert Trainer(marching(resample_every=0)).sizes_change()  # the slabs hold different points
 
 
-def test_a_fixed_grid_compiles_once_with_static_sizes(monkeypatch):
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda f, **options: real(f, backend="eager"))
-    torch._dynamo.reset()
-    counters.clear()
+def test_a_fixed_grid_compiles_once_with_static_sizes(monkeypatch, without_compiler):
     cfg = fbpinn.load_config(data={
         "problem": {"name": "cos1d"}, "decomposition": {"subdomains": [4], "overlap": 2.5},
         "network": {"hidden": [8]}, "test": {"points": [20]},
@@ -175,6 +217,7 @@ def test_a_fixed_grid_compiles_once_with_static_sizes(monkeypatch):
     monkeypatch.setattr(torch._dynamo, "maybe_mark_dynamic", lambda t, d: marked.append(d))
     trainer._prepare_terms()
     assert marked == []
+    trainer.trace = False  # dynamo's compilation, not the trace (which fixes every size)
     for step in range(1, 7):
         trainer.step(step)
-    assert counters["stats"]["unique_graphs"] == 1
+    assert without_compiler == {"_whole_impl": 1}

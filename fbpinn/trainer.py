@@ -30,6 +30,7 @@ import torch
 
 from . import history, provenance, registry, schedulers
 from .config import Config, adaptive_count, to_toml
+from .cudagraph import CapturedStep
 from .decomposition import config_levels
 from .derivatives import closure, parse, traced_for_compiler
 from .domains import sample
@@ -585,7 +586,8 @@ class Trainer:
         through the gradient and the update) with the prepared points as constants, compiled by
         inductor, and called with the parameters, the moments, the step counts and the learning
         rate as its only inputs.  Preparing the points again (a new stage, a resumed run) traces it
-        again."""
+        again.  On a GPU the program is replayed as one CUDA graph (:class:`fbpinn.cudagraph.CapturedStep`):
+        its inputs are updated in place, so they keep their addresses."""
         def build(wrapper: bool):
             with torch.no_grad():
                 program = compile_traced(self._trace(), self._step_inputs(), wrapper)
@@ -593,7 +595,7 @@ class Trainer:
             def call(*inputs):
                 with torch.no_grad():  # the program updates the parameters in place
                     return program(*inputs)
-            return call
+            return CapturedStep(call) if self.model.device.type == "cuda" else call
 
         parts = self._compile_and_call("_traced", build, self._step_inputs(), "the traced step",
                                        "compiling it through dynamo")
@@ -634,40 +636,40 @@ class Trainer:
         """``impl(*args)`` compiled by ``torch.compile``, with dynamo tracing ``torch.autograd.grad``;
         see :meth:`_compile_and_call`."""
         options = lambda wrapper: {"cpp_wrapper": True} if wrapper else None  # noqa: E731
-        return self._compile_and_call(attr, lambda wrapper: torch.compile(impl, options=options(wrapper)), args,
-                                      what, instead)
+        config = torch._dynamo.config  # read while dynamo traces; set and restored by hand (a patch()
+        traced, config.trace_autograd_ops = config.trace_autograd_ops, True  # context costs 30 us a step)
+        try:
+            return self._compile_and_call(attr, lambda wrapper: torch.compile(impl, options=options(wrapper)), args,
+                                          what, instead)
+        finally:
+            config.trace_autograd_ops = traced
 
     def _compile_and_call(self, attr: str, build, args: tuple, what: str, instead: str):
         """The program kept in ``attr`` called with ``args``; the first call builds it with ``build(wrapper)``
         (announced and timed in the log), where a small CPU step first tries inductor's C++ wrapper
         (:meth:`wrapped_step`) and without it if that fails.  None if it does not compile (the warning
         names ``what`` failed and what the run does ``instead``)."""
-        config = torch._dynamo.config  # read while dynamo traces; set and restored by hand (a patch()
-        traced, config.trace_autograd_ops = config.trace_autograd_ops, True  # context costs 30 us a step)
-        try:
-            compiled = getattr(self, attr)
-            if compiled is not None:
-                return compiled(*args)
-            logger.info("compiling the step (torch.compile); the first steps wait for it")
-            t0 = time.perf_counter()
-            while True:
-                wrapper = self.wrapped_step()
-                try:
-                    compiled = build(wrapper)
-                    out = compiled(*args)
-                except Exception as e:  # no C++ compiler, an operation that cannot be traced, ...
-                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                    if not wrapper:
-                        logger.warning("torch.compile of %s failed (%s); %s", what, first, instead)
-                        return None
-                    logger.warning("torch.compile with a C++ wrapper failed (%s); compiling without", first)
-                    self.use_cpp_wrapper = False
-                    continue
-                logger.info("compiled the step in %.1f s", time.perf_counter() - t0)
-                setattr(self, attr, compiled)
-                return out
-        finally:
-            config.trace_autograd_ops = traced
+        compiled = getattr(self, attr)
+        if compiled is not None:
+            return compiled(*args)
+        logger.info("compiling the step (torch.compile); the first steps wait for it")
+        t0 = time.perf_counter()
+        while True:
+            wrapper = self.wrapped_step()
+            try:
+                compiled = build(wrapper)
+                out = compiled(*args)
+            except Exception as e:  # no C++ compiler, an operation that cannot be traced, ...
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if not wrapper:
+                    logger.warning("torch.compile of %s failed (%s); %s", what, first, instead)
+                    return None
+                logger.warning("torch.compile with a C++ wrapper failed (%s); compiling without", first)
+                self.use_cpp_wrapper = False
+                continue
+            logger.info("compiled the step in %.1f s", time.perf_counter() - t0)
+            setattr(self, attr, compiled)
+            return out
 
     def step(self, step: int, wait: bool = True):
         """One optimisation step (1-based ``step``); returns (loss, loss per term, lr), summed over the

@@ -74,6 +74,26 @@ def test_compiled_float32_on_cuda_follows_eager():
 
 
 @needs_cuda
+def test_the_compiled_step_is_replayed_as_a_cuda_graph_equal_to_the_eager_run():
+    # Fixed points on one GPU: the traced whole step, recorded once as a CUDA graph after two
+    # ordinary calls and checked at its first replay, then replayed; float64, so the numbers of the
+    # eager run to rounding.
+    from fbpinn.cudagraph import CapturedStep
+    from fbpinn.trainer import Trainer
+
+    cfg = with_training(LAPLACE, steps=30, dtype="float64", device="cuda")
+    eager, compiled = (Trainer(fbpinn.load_config(data=with_training(cfg, compile=c))) for c in (False, True))
+    assert not compiled.sizes_change()
+    ref = [eager.step(s)[0] for s in range(1, 31)]
+    got = [compiled.step(s)[0] for s in range(1, 31)]
+    step = compiled._traced
+    assert isinstance(step, CapturedStep) and step.replaying and step.graph is not None and step.calls == 2
+    assert got == pytest.approx(ref, rel=1e-9)
+    for a, b in zip(compiled.params, eager.params):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-9, atol=1e-11)
+
+
+@needs_cuda
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_mpi_ranks_sharing_a_gpu_equal_the_serial_cpu_run(tmp_path, ranks):

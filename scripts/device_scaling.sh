@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Weak scaling on a many-core node (the 16-core machine with the GPU, or a cluster node): cos1d
-# with 128 and 32 subdomains per rank and laplace 2-D with an 8 x 8 block per rank, on 1, 2, 4
+# with 128 and 32 subdomains per rank (128 also compiled) and laplace 2-D with an 8 x 8 block per rank, on 1, 2, 4
 # and 8 ranks (RANKS), one thread per rank, ranks bound to cores, ROUNDS rounds interleaved.
 # One JSON line per measurement in $OUT/scaling.jsonl (fields of scripts/scaling.py --worker),
 # then the ping-pong of scripts/alphabeta.py on 2 ranks in $OUT/alphabeta.json.
@@ -22,6 +22,7 @@ run() {  # ranks, worker arguments...
 for round in $(seq "$ROUNDS"); do
   for r in $RANKS; do
     run "$r" --worker $((128 * r)) $((12800 * r))
+    run "$r" --worker $((128 * r)) $((12800 * r)) --compiled
     run "$r" --worker $((32 * r)) $((3200 * r))
     case $r in 1) g="8 8";; 2) g="16 8";; 4) g="16 16";; 8) g="32 16";; 16) g="32 32";; *) g="";; esac
     [ -n "$g" ] && run "$r" --worker 0 0 --grid $g

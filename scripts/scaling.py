@@ -37,9 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 HIDDEN = [16, 16]
 
 
-def worker(subdomains: int, points: int, steps: int, grid=None) -> None:
+def worker(subdomains: int, points: int, steps: int, grid=None, compiled: bool = False) -> None:
     """Time ``steps`` training steps of cos1d on this MPI job (``grid`` (nx, ny): of laplace 2-D with
-    that subdomain grid, 8 x 8 points per subdomain, split in blocks); rank 0 prints JSON."""
+    that subdomain grid, 8 x 8 points per subdomain, split in blocks; ``compiled``: with
+    training.compile, whose compilation falls in the warm-up); rank 0 prints JSON."""
     import torch
 
     import fbpinn
@@ -52,13 +53,15 @@ def worker(subdomains: int, points: int, steps: int, grid=None) -> None:
         cfg = fbpinn.load_config(data={
             "problem": {"name": "laplace2d_multiscale", "scales": 3, "output_scale": 0.75},
             "decomposition": {"subdomains": list(grid), "overlap": 1.9}, "network": {"hidden": [16]},
-            "training": {"steps": steps, "points": [8 * grid[0], 8 * grid[1]], "threads": 1, "dtype": "float32"}})
+            "training": {"steps": steps, "points": [8 * grid[0], 8 * grid[1]], "threads": 1, "dtype": "float32",
+                         "compile": compiled}})
     else:
         cfg = fbpinn.load_config(data={
             "problem": {"name": "cos1d", "output_scale": 1.0},
             "decomposition": {"subdomains": [subdomains], "overlap": 2.99},
             "network": {"hidden": HIDDEN},
-            "training": {"steps": steps, "points": [points], "threads": 1, "dtype": "float32"}})
+            "training": {"steps": steps, "points": [points], "threads": 1, "dtype": "float32",
+                         "compile": compiled}})
     configure_threads(1, ctx)
     trainer = Trainer(cfg, ctx)
     warm = 30
@@ -80,7 +83,7 @@ def worker(subdomains: int, points: int, steps: int, grid=None) -> None:
     sent = ctx.gather(trainer.bytes_sent / (blocks * block))
     comm = ctx.gather(trainer.comm_seconds / sum(t * block for t in times))
     if ctx.rank == 0:
-        print(json.dumps({"ranks": ctx.size, "subdomains": subdomains, "points": points,
+        print(json.dumps({"ranks": ctx.size, "subdomains": subdomains, "points": points, "compiled": compiled,
                           "step_ms": 1e3 * statistics.median(times), "typical_ms": 1e3 * statistics.median(each),
                           "bytes_per_step": max(sent),
                           "comm_share": max(comm),
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
     p.add_argument("--grid", nargs=2, type=int, metavar=("NX", "NY"),
                    help="with --worker: laplace 2-D on this subdomain grid instead of cos1d (SUBDOMAINS and "
                         "POINTS are then ignored)")
+    p.add_argument("--compiled", action="store_true", help="with --worker: training.compile = true")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--per-rank", type=int, nargs="+", default=[32, 128],
                    help="subdomains per rank in the weak-scaling runs (one study per value)")
@@ -135,7 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "scaling.md"))
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.worker[0], args.worker[1], args.steps, args.grid)
+        worker(args.worker[0], args.worker[1], args.steps, args.grid, args.compiled)
         return 0
 
     from fbpinn.parallel import rank_grid

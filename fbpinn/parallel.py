@@ -4,14 +4,19 @@ Ranks own rectangular blocks of the subdomain grid.  A rank holds the parameters
 of its own subdomains plus a halo (the neighbours' subdomains whose support
 reaches into its cells) and the collocation points of its cells.  Each step:
 
-1. owners send their halo subdomains' current parameters to the ranks that need
-   them (non-blocking point-to-point on contiguous numpy buffers);
+1. where the halo copies may differ from their owners (the first step, after an L-BFGS
+   step, a resumed run), owners send the current parameters to the ranks that hold
+   copies (non-blocking point-to-point on contiguous numpy buffers);
 2. every rank computes the loss on its points, divided by the global point count,
    and back-propagates;
-3. halo gradients go back to their owners and are added to theirs; levels that
-   are replicated on every rank (a single subdomain, coarse levels) and learnable
+3. in an Adam step, every rank that holds a subdomain sums its gradient over the
+   ranks that hold it, in rank order (the same bits everywhere); in an L-BFGS step,
+   halo gradients go back to their owners and are added to theirs; levels that are
+   replicated on every rank (a single subdomain, coarse levels) and learnable
    constants of the problem have their gradients summed with Allreduce;
-4. every rank steps its optimiser; halo copies are refreshed at the next exchange.
+4. every rank steps its optimiser: after an Adam step the halo copies have moved as
+   their owners did (a checkpoint step copies the owners' parameters and moments into
+   them, which a vectorised update may round differently in the last bit).
 
 With grid points the result equals the one-process run up to rounding.  Without
 mpi4py, or with one rank, :class:`Context` is a serial stand-in and nothing here
@@ -333,7 +338,7 @@ class HaloExchange:
     """Point-to-point exchange of halo parameters (owner -> holder) and of halo
     gradients (holder -> owner) for one level's :class:`fbpinn.networks.StackedMLP`."""
 
-    TAG_PARAMS, TAG_GRADS = 11, 12
+    TAG_PARAMS, TAG_GRADS, TAG_SUM = 11, 12, 13
 
     def __init__(self, ctx: Context, partition: Partition, net):
         self.ctx, self.net = ctx, net
@@ -353,28 +358,42 @@ class HaloExchange:
             self.recv.setdefault(int(partition.owner[j]), []).append(slot[j])
         self.recv = {r: torch.tensor(s) for r, s in self.recv.items()}
         self.halo_slots = torch.tensor(sorted(s for v in self.recv.values() for s in v.tolist()), dtype=torch.long)
+        # For summing gradients on every holder: per other rank, the subdomains both hold, by id.
+        held_by = {q: set(partition.owned(q)) | set(partition.halo(q)) for q in range(ctx.size)}
+        self.shared = {}
+        for q in range(ctx.size):
+            both = sorted(held_by[rank] & held_by[q]) if q != rank else []
+            if both:
+                self.shared[q] = torch.tensor([slot[j] for j in both])
 
-    def _tensors(self):
+    def tensors(self) -> list:
+        """The exchanged tensors: the level's stacked weights and biases."""
         return list(self.net.weights) + list(self.net.biases)
 
     def _pack(self, tensors, slots) -> np.ndarray:
         # Buffers keep the parameters' dtype: float32 runs send half the bytes of float64 ones.
         return torch.cat([t[slots.to(t.device)].reshape(-1) for t in tensors]).detach().cpu().numpy()
 
-    def _unpack(self, buf: np.ndarray, tensors, slots, add: bool) -> None:
+    @staticmethod
+    def _pieces(buf: np.ndarray, tensors, n_slots: int):
+        """The part of ``buf`` that belongs to each of ``tensors``, as tensors of ``n_slots`` rows."""
         offset = 0
         for t in tensors:
-            shape = (len(slots),) + tuple(t.shape[1:])
+            shape = (n_slots,) + tuple(t.shape[1:])
             n = math.prod(shape)
-            part = torch.from_numpy(buf[offset:offset + n]).view(shape).to(t.device, t.dtype)
+            yield torch.from_numpy(buf[offset:offset + n]).view(shape).to(t.device, t.dtype)
             offset += n
+
+    def _unpack(self, buf: np.ndarray, tensors, slots, add: bool) -> None:
+        for t, part in zip(tensors, self._pieces(buf, tensors, len(slots))):
             if add:
                 t.index_add_(0, slots.to(t.device), part)
             else:
                 t.index_copy_(0, slots.to(t.device), part)
 
-    def _exchange(self, outgoing: dict, incoming: dict, tensors, tag: int, add: bool) -> int:
-        """Send ``outgoing[q]`` slots of ``tensors`` to q and receive ``incoming[r]`` from r."""
+    def _transfer(self, outgoing: dict, incoming: dict, tensors, tag: int) -> tuple[dict, int]:
+        """Send ``outgoing[q]`` slots of ``tensors`` to q and receive ``incoming[r]`` slots from r; returns
+        the received buffers by rank and the bytes sent."""
         from mpi4py import MPI
 
         per_slot = sum(math.prod(t.shape[1:]) for t in tensors)
@@ -385,23 +404,58 @@ class HaloExchange:
         reqs += [self.ctx.comm.Isend(buf, dest=q, tag=tag) for q, buf in send_bufs.items()]
         with collective():
             MPI.Request.Waitall(reqs)
+        return recv_bufs, sum(b.nbytes for b in send_bufs.values())
+
+    def _exchange(self, outgoing: dict, incoming: dict, tensors, tag: int, add: bool) -> int:
+        """Send ``outgoing[q]`` slots of ``tensors`` to q and receive ``incoming[r]`` from r, which
+        replace (or with ``add``, are added to) those slots."""
+        recv_bufs, sent = self._transfer(outgoing, incoming, tensors, tag)
         for r, buf in recv_bufs.items():
             self._unpack(buf, tensors, incoming[r], add)
-        return sum(b.nbytes for b in send_bufs.values())
+        return sent
 
     @torch.no_grad()
     def params(self) -> int:
         """Refresh halo copies from their owners; returns bytes sent."""
-        return self._exchange(self.send, self.recv, [t.data for t in self._tensors()], self.TAG_PARAMS, add=False)
+        return self._exchange(self.send, self.recv, [t.data for t in self.tensors()], self.TAG_PARAMS, add=False)
+
+    @torch.no_grad()
+    def moments(self, tensors) -> int:
+        """Refresh halo copies of ``tensors`` (shaped like the parameters: Adam's moments) from their
+        owners; returns bytes sent."""
+        return self._exchange(self.send, self.recv, [t.data for t in tensors], self.TAG_PARAMS, add=False)
+
+    def _grads(self) -> list:
+        tensors = self.tensors()
+        for t in tensors:
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
+        return [t.grad for t in tensors]
+
+    @torch.no_grad()
+    def grads_everywhere(self) -> int:
+        """Sum each held subdomain's gradient over the ranks that hold it, on every one of them: each
+        rank sends its part of the subdomains it shares with a neighbour and adds the parts it
+        receives in rank order, so that the owner and every holder find the same sum to the bit.
+        An optimiser step then moves a halo copy as its owner moves the original, and the next step
+        needs no exchange of parameters: one exchange per step instead of two.  Returns bytes sent."""
+        grads = self._grads()
+        received, sent = self._transfer(self.shared, self.shared, grads, self.TAG_SUM)
+        parts = {r: list(self._pieces(buf, grads, len(self.shared[r]))) for r, buf in received.items()}
+        for i, g in enumerate(grads):
+            total = torch.zeros_like(g)
+            for r in sorted([self.ctx.rank, *parts]):
+                if r == self.ctx.rank:
+                    total += g
+                else:
+                    total.index_add_(0, self.shared[r].to(g.device), parts[r][i])
+            g.copy_(total)
+        return sent
 
     @torch.no_grad()
     def grads(self) -> int:
         """Return halo gradients to their owners, who add them; returns bytes sent."""
-        tensors = self._tensors()
-        for t in tensors:
-            if t.grad is None:
-                t.grad = torch.zeros_like(t)
-        grads = [t.grad for t in tensors]
+        grads = self._grads()
         sent = self._exchange(self.recv, self.send, grads, self.TAG_GRADS, add=True)
         for g in grads:  # halo gradients now live with their owners
             g.index_fill_(0, self.halo_slots.to(g.device), 0.0)
@@ -425,6 +479,7 @@ class Distribution:
         self.ctx = ctx
         self.partition = None
         self.exchange = None
+        self.halo_stale = True  # halo copies may differ from their owners' parameters (refresh_halo)
         self.split = max(range(len(levels)), key=lambda i: (levels[i].n_subdomains, i))  # the finest level
         box = levels[0].box
         self.held = [list(range(lv.n_subdomains)) for lv in levels]
@@ -467,13 +522,35 @@ class Distribution:
         return self.region.contains(x.double(), self.closed)
 
     def refresh_halo(self) -> int:
-        return self.exchange.params() if self.exchange is not None else 0
+        """Copy the owners' parameters into the halo copies where they may differ (see
+        :meth:`reduce_gradients`); returns bytes sent."""
+        if self.exchange is None or not self.halo_stale:
+            return 0
+        self.halo_stale = False
+        return self.exchange.params()
 
-    def reduce_gradients(self, nets, shared) -> int:
-        """Halo gradients to their owners; replicated tensors' gradients summed everywhere."""
+    def resync_halo(self, moments) -> int:
+        """The owners' parameters and Adam's ``moments`` (lists of tensors shaped like the split level's
+        parameters) in the halo copies: a halo copy that follows its owner through summed gradients
+        may differ from it in the last bit (an optimiser's vectorised loop can round an element
+        differently at another position), and a checkpoint holds the owners' values, so a run
+        resynchronises where it writes one and goes on exactly as a run resumed from it.  Returns
+        bytes sent."""
+        if self.exchange is None:
+            return 0
+        self.halo_stale = False
+        return self.exchange.params() + sum(self.exchange.moments(m) for m in moments)
+
+    def reduce_gradients(self, nets, shared, everywhere: bool = False) -> int:
+        """Halo gradients to their owners, or with ``everywhere`` each held subdomain's gradient summed on
+        every rank that holds it (an optimiser step then keeps the halo copies equal to their owners:
+        the next step exchanges no parameters); replicated tensors' gradients summed everywhere."""
         if not self.ctx.parallel:
             return 0
-        sent = self.exchange.grads() if self.exchange is not None else 0
+        sent = 0
+        if self.exchange is not None:
+            sent = self.exchange.grads_everywhere() if everywhere else self.exchange.grads()
+            self.halo_stale = not everywhere
         replicated = list(shared)
         for i, net in enumerate(nets):
             if not self.is_split(i):

@@ -706,7 +706,8 @@ class Trainer:
         else:
             parts = self._gradients()
             t2 = time.perf_counter()
-            self.bytes_sent += self.dist.reduce_gradients(self.model.nets, self.problem.parameters().values())
+            self.bytes_sent += self.dist.reduce_gradients(self.model.nets, self.problem.parameters().values(),
+                                                          everywhere=not quasi_newton)
             t3 = time.perf_counter()
             if quasi_newton:
                 self.lbfgs.step()
@@ -1010,6 +1011,7 @@ class Trainer:
                 dst.copy_(torch.from_numpy(src).to(dst.device, dst.dtype))
             opt.steps[i].fill_(state["adam_steps"][key])
         self._load_lbfgs(state)
+        self.dist.halo_stale = True  # one exchange at the next step (the halo rows read are the owners' anyway)
         # The points drawn at the last resampling before the checkpoint, prepared with the restored
         # parameters (a time-marching batch holds the frozen subdomains' part of the solution).
         self.gen.set_state(torch.from_numpy(np.asarray(state["sampler_state"], dtype=np.uint8)))
@@ -1125,6 +1127,7 @@ class Trainer:
                         kept = f"; the last good checkpoint is {checkpoints.last}" if checkpoints.last else ""
                         raise TrainingError(f"parameters or Adam's moments are no longer finite after step {step}; "
                                             f"no checkpoint written{kept}")
+                    self.resync_halo()  # the checkpoint holds the owners' values: go on from them
                     checkpoints.save(self, step)
                     if self.stop_agreed and not last:
                         # No rank exits before rank 0 has written the checkpoint: srun --kill-on-bad-exit
@@ -1152,6 +1155,18 @@ class Trainer:
         run.learned = {k: v.item() for k, v in self.problem.parameters().items()}
         run.provenance = provenance.closed(self.provenance, tr.steps)
         return run
+
+    def resync_halo(self) -> None:
+        """The owners' parameters and Adam moments in this rank's halo copies (see
+        :meth:`fbpinn.parallel.Distribution.resync_halo`); collective."""
+        exchange = self.dist.exchange
+        if exchange is None:
+            return
+        opt = self.optimizer
+        index = {id(p): i for i, p in enumerate(opt.params)}
+        tensors = exchange.tensors()
+        moments = [[opt.exp_avg[index[id(t)]] for t in tensors], [opt.exp_avg_sq[index[id(t)]] for t in tensors]]
+        self.bytes_sent += self.dist.resync_halo(moments)
 
     def _record_loss(self, step: int, terms: np.ndarray, checkpoints) -> None:
         """Append ``step``'s loss to the loss of every step; TrainingError where it is not finite."""

@@ -383,3 +383,62 @@ def test_ordinary_steps_only_start_the_sum_of_the_loss(tmp_path):
     due = {1, 25, 50, 75, 100}  # the first and last steps, evaluations (50) and log lines (25)
     assert f"counts {[(100 - len(due), 100)] * 3}" in proc.stdout, proc.stdout
     assert_same_run(serial, tmp_path / "run.h5")
+
+
+@needs_mpi
+def test_halo_copies_follow_their_owners_with_one_exchange_per_step(tmp_path):
+    # Adam steps sum each shared subdomain's gradient on every rank that holds it (2 x 2 blocks:
+    # corner subdomains are held by four ranks), so the halo copies move with their owners and
+    # the parameters are exchanged once, before the first step; a checkpoint step resynchronises
+    # them (parameters and Adam's moments).  The L-BFGS phase returns halo gradients to their
+    # owners and refreshes the copies before each step, as before.  The run equals the serial one.
+    data = {**LAPLACE, "decomposition": {"subdomains": [6, 6], "overlap": 1.9},
+            "training": {**LAPLACE["training"], "points": [24, 24], "lbfgs_steps": 10}}
+    cfg_path = write_toml(data, tmp_path / "l.toml")
+    serial = fbpinn.train(fbpinn.load_config(cfg_path))
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        import numpy as np
+        import fbpinn
+        from fbpinn.checkpoint import Checkpoints
+        from fbpinn.io import write_results
+        from fbpinn.parallel import Context, HaloExchange
+        from fbpinn.trainer import Trainer
+        calls = []
+        for name in ("params", "moments", "grads", "grads_everywhere"):
+            def counted(self, *args, _real=getattr(HaloExchange, name), _name=name):
+                calls.append(_name)
+                return _real(self, *args)
+            setattr(HaloExchange, name, counted)
+        ctx = Context.from_environment()
+        trainer = Trainer(fbpinn.load_config({str(cfg_path)!r}), ctx)
+        assert trainer.dist.partition.dims == [2, 2]
+        checkpoints = Checkpoints(Path({str(tmp_path / "ck")!r}), every=60)
+        run = trainer.run(checkpoints)
+        net = trainer.model.nets[trainer.dist.split]
+        rows = {{int(j): net.weights[0][i].detach().numpy() for i, j in enumerate(net.held.tolist())}}
+        everyone = ctx.gather((calls, rows))
+        if ctx.rank == 0:
+            worst, shared = 0.0, 0
+            for _, mine in everyone:
+                for _, theirs in everyone:
+                    for j in set(mine) & set(theirs):
+                        worst = max(worst, float(np.abs(mine[j] - theirs[j]).max()))
+                        shared += 1
+            print("calls", [sorted(set(c)) for c, _ in everyone], [c.count("params") for c, _ in everyone],
+                  [c.count("moments") for c, _ in everyone], [c.count("grads_everywhere") for c, _ in everyone],
+                  flush=True)
+            print("worst", worst, "shared", shared, flush=True)
+            write_results({str(tmp_path / "run.h5")!r}, run)
+    """)
+    proc = mpirun(4, ["-c", script], timeout=300)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("calls"))
+    # Parameters: before step 1; at the checkpoint of step 60; before L-BFGS steps 92 to 100 (step 91
+    # follows an Adam step); after step 100 for its evaluation, and again at its checkpoint.  Moments:
+    # both of Adam's at the two checkpoints.  Summed gradients: the 90 Adam steps.
+    every = ["grads", "grads_everywhere", "moments", "params"]
+    assert line == f"calls {[every] * 4} {[1 + 1 + 9 + 1 + 1] * 4} {[2 * 2] * 4} {[90] * 4}", line
+    worst = float(next(l for l in proc.stdout.splitlines() if l.startswith("worst")).split()[1])
+    assert worst <= 1e-13
+    assert_same_run(serial, tmp_path / "run.h5")

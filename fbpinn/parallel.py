@@ -346,20 +346,21 @@ class HaloExchange:
         held = net.held.tolist()
         slot = {g: i for i, g in enumerate(held)}
         own = set(partition.owned(rank))
+        halos = [partition.halo(q) for q in range(ctx.size)]
         # What I send: my subdomains in others' halos.  What I receive: my halo, by owner.
         self.send = {}
         for q in range(ctx.size):
             if q != rank:
-                ids = [j for j in partition.halo(q) if j in own]
+                ids = [j for j in halos[q] if j in own]
                 if ids:
                     self.send[q] = torch.tensor([slot[j] for j in ids])
         self.recv = {}
-        for j in partition.halo(rank):
+        for j in halos[rank]:
             self.recv.setdefault(int(partition.owner[j]), []).append(slot[j])
         self.recv = {r: torch.tensor(s) for r, s in self.recv.items()}
         self.halo_slots = torch.tensor(sorted(s for v in self.recv.values() for s in v.tolist()), dtype=torch.long)
         # For summing gradients on every holder: per other rank, the subdomains both hold, by id.
-        held_by = {q: set(partition.owned(q)) | set(partition.halo(q)) for q in range(ctx.size)}
+        held_by = [set(partition.owned(q)) | set(halos[q]) for q in range(ctx.size)]
         self.shared = {}
         for q in range(ctx.size):
             both = sorted(held_by[rank] & held_by[q]) if q != rank else []

@@ -8,11 +8,12 @@ ranks.  Writes the section "Predicted weak scaling (alpha-beta model)" of docs/s
 
 The model of one ordinary step of the slowest rank on R ranks is
 
-    T(R) = T_compute + 2 (m alpha + b beta) [+ 2 c (copy latency) + 2 b / PCIe bandwidth on GPUs]
+    T(R) = T_compute + (m alpha + b beta) [+ 2 c (copy latency) + 2 b / PCIe bandwidth on GPUs]
 
-with m the neighbour ranks it exchanges with and b the bytes of its largest exchange: the halo
-parameters go out before the forward pass and the halo gradients come back after the backward
-pass, each one round of messages to all neighbours at once.  A multilevel decomposition adds one
+with m the neighbour ranks it exchanges with and b the bytes it sends: after the backward pass
+each rank sends its part of the gradient of every subdomain it shares to the ranks that hold it,
+one round of messages to all of them at once, and no parameters move (docs/parallel.md; until
+2026-12-02 a step had two rounds, the halo parameters out and the halo gradients back).  A multilevel decomposition adds one
 Allreduce of the replicated levels' gradients: 2 log2(R) alpha + 2 n beta for n bytes.  The
 loss is summed without waiting on ordinary steps (docs/parallel.md), so it adds nothing there.
 Efficiency is T_compute / T(R).  The model leaves out what it cannot know: ranks slowing each
@@ -97,26 +98,34 @@ def fit(pingpong: dict) -> tuple[float, float]:
     return float(alpha), float(1e-3 / beta) if beta > 0 else math.inf
 
 
-def exchanges(shape, ranks: int, overlap: float, params: int, bytes_per_value: int = 4) -> dict:
-    """Per rank of a level of ``shape`` subdomains split over ``ranks``: the neighbour ranks it
-    exchanges halos with and the bytes of one exchange round (the largest over the ranks)."""
+def shared_subdomains(shape, ranks: int, overlap: float):
+    """A level of ``shape`` subdomains split over ``ranks`` as the trainer splits it: its
+    :class:`fbpinn.parallel.Partition`, and per rank the number of subdomains it holds (owns or keeps
+    a halo copy of) together with each other rank that holds any of the same, {rank: count}."""
     from fbpinn.decomposition import Level
     from fbpinn.domains import Box
     from fbpinn.parallel import Partition
 
     level = Level(Box([0.0] * len(shape), [1.0] * len(shape)), shape, overlap)
     part = Partition(level, ranks)
-    out_bytes, in_bytes = np.zeros(ranks), np.zeros(ranks)
-    peers = [set() for _ in range(ranks)]
-    for r in range(ranks):
-        for j in part.halo(r):
-            owner = int(part.owner[j])
-            peers[r].add(owner)
-            peers[owner].add(r)
-            in_bytes[r] += params * bytes_per_value
-            out_bytes[owner] += params * bytes_per_value
-    per_round = np.maximum(out_bytes, in_bytes)  # sends and receives of a round overlap
-    return {"neighbours": max(len(p) for p in peers), "bytes": float(per_round.max())}
+    held = [set(part.owned(r)) | set(part.halo(r)) for r in range(ranks)]
+    holders = {}
+    for r, mine in enumerate(held):
+        for j in mine:
+            holders.setdefault(j, set()).add(r)
+    shares = [{q: len(held[r] & held[q]) for q in set().union(*(holders[j] for j in held[r])) - {r}}
+              for r in range(ranks)]
+    return part, shares
+
+
+def exchanges(shape, ranks: int, overlap: float, params: int, bytes_per_value: int = 4) -> dict:
+    """Per rank of a level of ``shape`` subdomains split over ``ranks``, in an Adam step: the ranks it
+    exchanges gradients with (those holding a subdomain it holds) and the bytes of its round (its
+    part of every shared subdomain's gradient; it receives as much), the largest over the ranks,
+    and the rounds per step (one: see docs/parallel.md)."""
+    _, shares = shared_subdomains(shape, ranks, overlap)
+    sent = [sum(s.values()) * params * bytes_per_value for s in shares]
+    return {"neighbours": max(len(s) for s in shares), "bytes": float(max(sent)), "rounds": 1}
 
 
 def predict(compute_ms: float, ex: dict, alpha_us: float, bandwidth_gbs: float, gpu: bool = False) -> float:
@@ -124,7 +133,7 @@ def predict(compute_ms: float, ex: dict, alpha_us: float, bandwidth_gbs: float, 
     round_us = ex["neighbours"] * alpha_us + ex["bytes"] / (bandwidth_gbs * 1e3) if ex["neighbours"] else 0.0
     if gpu and ex["neighbours"]:
         round_us += 2 * GPU_STAGING["copy_us"] + 2 * ex["bytes"] / (GPU_STAGING["bandwidth_gbs"] * 1e3)
-    return compute_ms / (compute_ms + 2 * round_us * 1e-3)
+    return compute_ms / (compute_ms + ex.get("rounds", 1) * round_us * 1e-3)
 
 
 # Cases: (name, subdomain block per rank, overlap, network, compute ms per step of one rank, device,
@@ -186,9 +195,9 @@ def report(measured: dict, command: str) -> list[str]:
         notes.append(f"- {name}: {source}.")
     lines += ["", "Step times of one rank:", "", *notes, "",
               "Communication alone costs little once every rank has all its neighbours: the bytes per round stop "
-              "growing (see the byte counts above), and two rounds of a few microseconds each are small against a "
+              "growing (see the byte counts above), and one round of a few microseconds is small against a "
               "step of milliseconds. What the model leaves out decides the measured efficiency: ranks sharing a "
-              "node's memory bandwidth, and a slow rank holding up its neighbours at the two exchanges (the measured "
+              "node's memory bandwidth, and a slow rank holding up its neighbours at the exchange (the measured "
               "weak scaling above). The GPU cases, with their short steps and the copies through host memory, "
               f"are the sensitive ones: down to {gpu_worst:.3f} at 1,024 ranks."]
     return lines

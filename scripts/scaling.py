@@ -7,7 +7,7 @@ Measures, with one torch thread per rank:
 * strong scaling: one fixed problem on 1 and 2 ranks;
 
 reporting the median step time, the efficiency (weak: t1 / tR, strong: t1 / (R tR)) and
-the bytes each rank sends per step (halo parameters out, halo gradients back).  A
+the bytes each rank sends per step (its part of the gradients of the subdomains it shares).  A
 communication model then counts, from the same halo structure the trainer uses
 (:class:`fbpinn.parallel.Partition`), the bytes per step per rank of 2-D and 3-D
 decompositions with a fixed block of subdomains per rank, up to 1,024 ranks.  Results
@@ -102,22 +102,14 @@ def measure(ranks: int, subdomains: int, points: int, steps: int) -> dict:
 
 
 def model_bytes(shape, ranks: int, overlap: float, params_per_subdomain: int, bytes_per_value: int = 4) -> dict:
-    """Bytes per step per rank from the halo structure of a level split over ``ranks``."""
-    from fbpinn.decomposition import Level
-    from fbpinn.domains import Box
-    from fbpinn.parallel import Partition
+    """Bytes per step per rank from the halo structure of a level split over ``ranks``: in an Adam step
+    each rank sends its part of the gradient of every subdomain it shares to each rank that holds it."""
+    from alphabeta import shared_subdomains
 
-    level = Level(Box([0.0] * len(shape), [1.0] * len(shape)), shape, overlap)
-    part = Partition(level, ranks)
-    halo_sizes = np.zeros(ranks)
-    given = np.zeros(ranks)  # how many of my subdomains sit in others' halos (with multiplicity)
-    for r in range(ranks):
-        h = part.halo(r)
-        halo_sizes[r] = len(h)
-        np.add.at(given, part.owner[h], 1)
-    # Parameters of `given` subdomains go out; gradients of my `halo` subdomains go back.
-    per_rank = (given + halo_sizes) * params_per_subdomain * bytes_per_value
-    return {"max": float(per_rank.max()), "mean": float(per_rank.mean()), "halo_max": int(halo_sizes.max())}
+    part, shares = shared_subdomains(shape, ranks, overlap)
+    per_rank = np.array([sum(s.values()) for s in shares], dtype=float) * params_per_subdomain * bytes_per_value
+    halo_max = max(len(part.halo(r)) for r in range(ranks))
+    return {"max": float(per_rank.max()), "mean": float(per_rank.mean()), "halo_max": int(halo_max)}
 
 
 def params_per_subdomain(dim: int, hidden) -> int:
@@ -168,7 +160,8 @@ def main(argv=None) -> int:
              f"cos1d with [1, {', '.join(map(str, HIDDEN))}, 1] subdomain networks, overlap 2.99, 100 grid points "
              "per subdomain. Step time: median of 5 blocks after 30 warm-up steps, ranks synchronised by a barrier "
              f"around each block; each figure is the median of {args.rounds} interleaved rounds (all rounds in brackets). "
-             "Bytes: sent per step by the busiest rank (halo parameters out, halo gradients back).",
+             "Bytes: sent per step by the busiest rank (its part of the gradients of the subdomains it shares "
+             "with its neighbours).",
              "", "## Weak scaling (work per rank fixed)", "",
              "| ranks | subdomains | points | ms/step | efficiency t1/tR | median single step (ms) | efficiency of median steps | communication share | bytes/step/rank |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -595,13 +595,17 @@ class Trainer:
             def call(*inputs):
                 with torch.no_grad():  # the program updates the parameters in place
                     return program(*inputs)
-            return CapturedStep(call) if self.model.device.type == "cuda" else call
+            return self._replayed(call)
 
         parts = self._compile_and_call("_traced", build, self._step_inputs(), "the traced step",
                                        "compiling it through dynamo")
         if parts is None:
             self.trace = False
         return parts
+
+    def _replayed(self, program):
+        """The traced program as each step calls it: on a GPU, replayed as one CUDA graph."""
+        return CapturedStep(program) if self.model.device.type == "cuda" else program
 
     def _trace(self) -> torch.fx.GraphModule:
         """The whole step (:meth:`_whole_impl`) as a graph of torch operations of the flat inputs of

@@ -127,3 +127,58 @@ def test_a_recording_that_fails_leaves_the_program_as_it_is(caplog):
     assert not step.replaying and recorder.replays == 0
     assert caplog.messages == ["recording the step as a CUDA graph failed (operation not permitted when stream is "
                                "capturing); the step runs without it"]
+
+
+def test_the_trainer_replays_its_traced_step_with_inputs_that_keep_their_addresses(monkeypatch, without_compiler):
+    # The traced step of a run on fixed points, replayed through a stand-in graph that records by
+    # running the program and undoing its updates (a real recording runs nothing) and replays by
+    # running it again into the recorded output: one recording for the whole run (the inputs keep
+    # their addresses from step to step), the first replay checked, and the run's numbers those of
+    # the program called directly.
+    import fbpinn
+    from fbpinn.trainer import Trainer
+
+    class Graph:
+        def replay(self):
+            self.output.copy_(self.program(*self.inputs))
+
+    recorded = []
+
+    def replayed(trainer, program):
+        @contextlib.contextmanager
+        def capture(graph):
+            inputs = trainer._step_inputs()
+            saved = [t.detach().clone() for t in inputs]
+            real = step.program
+
+            def record(*args):
+                graph.program, graph.inputs = real, args
+                graph.output = real(*args)
+                return graph.output
+            step.program = record
+            try:
+                yield
+            finally:
+                step.program = real
+                with torch.no_grad():
+                    for t, s in zip(inputs, saved):
+                        t.copy_(s)
+                recorded.append(len(recorded))
+
+        step = CapturedStep(program, warmup=2, graph=Graph, capture=capture, stream=lambda: None)
+        return step
+
+    cfg = fbpinn.load_config(data={
+        "problem": {"name": "harmonic_oscillator"}, "decomposition": {"subdomains": [5], "overlap": 2.5},
+        "network": {"hidden": [8]}, "test": {"points": [20]},
+        "training": {"steps": 12, "points": [60], "dtype": "float64", "compile": True, "lr_decay": 0.5}})
+    plain = Trainer(cfg)
+    expected = [plain.step(s)[0] for s in range(1, 13)]
+    monkeypatch.setattr(Trainer, "_replayed", replayed)
+    trainer = Trainer(cfg)
+    got = [trainer.step(s)[0] for s in range(1, 13)]
+    step = trainer._traced
+    assert isinstance(step, CapturedStep) and step.replaying and step.calls == 2 and recorded == [0]
+    assert got == pytest.approx(expected, rel=1e-13)
+    for a, b in zip(trainer.params, plain.params):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-13, atol=1e-15)

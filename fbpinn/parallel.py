@@ -288,6 +288,7 @@ class Partition:
         self.owner = np.zeros(level.n_subdomains, dtype=np.int64)
         for r in range(n_ranks):
             self.owner[ids[self._block(r)].ravel()] = r
+        self._halos = {}  # rank -> halo(rank)
 
     def coords(self, rank: int) -> list[int]:
         return list(np.unravel_index(rank, self.dims))
@@ -312,7 +313,16 @@ class Partition:
         return Box(lo, hi), closed
 
     def halo(self, rank: int) -> list[int]:
-        """Subdomains of other ranks whose open support meets this rank's region."""
+        """Subdomains of other ranks whose open support meets this rank's region (computed once per rank)."""
+        if rank not in self._halos:
+            self._halos[rank] = self._halo(rank)
+        return list(self._halos[rank])
+
+    def held(self, rank: int) -> set[int]:
+        """The subdomains ``rank`` holds: its own and its halo."""
+        return set(self.owned(rank)) | set(self.halo(rank))
+
+    def _halo(self, rank: int) -> list[int]:
         box, _ = self.region(rank)
         per_axis = []
         for d, axis in enumerate(self.level.axes):
@@ -346,24 +356,23 @@ class HaloExchange:
         held = net.held.tolist()
         slot = {g: i for i, g in enumerate(held)}
         own = set(partition.owned(rank))
-        halos = [partition.halo(q) for q in range(ctx.size)]
         # What I send: my subdomains in others' halos.  What I receive: my halo, by owner.
         self.send = {}
         for q in range(ctx.size):
             if q != rank:
-                ids = [j for j in halos[q] if j in own]
+                ids = [j for j in partition.halo(q) if j in own]
                 if ids:
                     self.send[q] = torch.tensor([slot[j] for j in ids])
         self.recv = {}
-        for j in halos[rank]:
+        for j in partition.halo(rank):
             self.recv.setdefault(int(partition.owner[j]), []).append(slot[j])
         self.recv = {r: torch.tensor(s) for r, s in self.recv.items()}
         self.halo_slots = torch.tensor(sorted(s for v in self.recv.values() for s in v.tolist()), dtype=torch.long)
         # For summing gradients on every holder: per other rank, the subdomains both hold, by id.
-        held_by = [set(partition.owned(q)) | set(halos[q]) for q in range(ctx.size)]
+        mine = partition.held(rank)
         self.shared = {}
         for q in range(ctx.size):
-            both = sorted(held_by[rank] & held_by[q]) if q != rank else []
+            both = sorted(mine & partition.held(q)) if q != rank else []
             if both:
                 self.shared[q] = torch.tensor([slot[j] for j in both])
 

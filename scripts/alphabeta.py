@@ -108,7 +108,7 @@ def shared_subdomains(shape, ranks: int, overlap: float):
 
     level = Level(Box([0.0] * len(shape), [1.0] * len(shape)), shape, overlap)
     part = Partition(level, ranks)
-    held = [set(part.owned(r)) | set(part.halo(r)) for r in range(ranks)]
+    held = [part.held(r) for r in range(ranks)]
     holders = {}
     for r, mine in enumerate(held):
         for j in mine:

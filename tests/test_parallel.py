@@ -111,6 +111,9 @@ def test_partition_regions_and_halos(shape, overlap, ranks):
         _, sub, _ = level.pairs(pts, [()])
         covering = set(sub.tolist()) - set(owned[r])
         assert covering == set(part.halo(r))
+        part.halo(r).append(-1)  # a caller's change to the list it got leaves the kept halo alone
+        assert covering == set(part.halo(r))
+        assert part.held(r) == covering | set(owned[r])
 
 
 def test_serial_context():

@@ -3,7 +3,7 @@
 ``torch.optim.Adam`` spends tens of microseconds per step in Python bookkeeping, a
 noticeable share of a step on small problems.  :class:`Adam` keeps its state in
 plain lists and calls the fused kernel directly where this torch has it (falling
-back to ``torch._foreach`` arithmetic otherwise); it follows torch's Adam update
+back to :func:`adam_update`, the update in tensor operations, otherwise); it follows torch's Adam update
 exactly (tested against it).  Its state is a dict of tensors for checkpoints.
 
 :class:`LBFGS` is the optimiser of a final phase of training; :class:`FlatSpace` gives it the
@@ -50,6 +50,11 @@ class Adam:
     def step(self) -> None:
         """Apply one update with the gradients in ``p.grad`` (parameters without one are skipped)."""
         grads = [p.grad for p in self.params]
+        if not self.fused:  # a torch without the fused kernel: the same update in tensor operations
+            lr = torch.tensor(self.lr, dtype=torch.float64, device=self.params[0].device)
+            adam_update(self.params, grads, self.exp_avg, self.exp_avg_sq, self.counts, lr, self.beta1, self.beta2,
+                        self.eps)
+            return
         if all(g is not None for g in grads):  # as on every ordinary step
             params, m, v, steps = self.params, self.exp_avg, self.exp_avg_sq, self.steps
             for counts in self._counts.values():
@@ -62,19 +67,8 @@ class Adam:
             m, v = [self.exp_avg[i] for i in idx], [self.exp_avg_sq[i] for i in idx]
             steps = [self.steps[i] for i in idx]
             torch._foreach_add_(steps, 1)
-        if self.fused:
-            torch._fused_adam_(params, grads, m, v, [], steps, lr=self.lr, beta1=self.beta1, beta2=self.beta2,
-                               weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
-            return
-        n = float(steps[0])  # all held parameters step together
-        torch._foreach_lerp_(m, grads, 1 - self.beta1)
-        torch._foreach_mul_(v, self.beta2)
-        torch._foreach_addcmul_(v, grads, grads, 1 - self.beta2)
-        bc1, bc2 = 1 - self.beta1**n, 1 - self.beta2**n
-        denom = torch._foreach_sqrt(v)
-        torch._foreach_div_(denom, bc2**0.5)
-        torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(params, m, denom, -self.lr / bc1)
+        torch._fused_adam_(params, grads, m, v, [], steps, lr=self.lr, beta1=self.beta1, beta2=self.beta2,
+                           weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
 
     @property
     def counts(self) -> torch.Tensor:

@@ -141,6 +141,11 @@ def tune_host_allocator() -> bool:
     return _ALLOCATOR_TUNED
 
 
+def _local(parts: torch.Tensor, stop: bool) -> np.ndarray:
+    """A step's loss terms and its stop flag as one float64 array, the buffer of their sum over ranks."""
+    return np.append(parts.detach().double().cpu().numpy(), float(stop))
+
+
 def compile_traced(graph: torch.fx.GraphModule, inputs: list, cpp_wrapper: bool):
     """Inductor's program of a traced training step (see :meth:`Trainer._traced_step`), called with
     ``inputs``; ``cpp_wrapper``: its kernels are called from generated C++."""
@@ -194,7 +199,7 @@ class Trainer:
         self._traced, self.trace = None, True  # see _traced_step; False once tracing has failed
         self.fused = tr.compile and hasattr(torch._dynamo.config, "trace_autograd_ops")
         self.stop_agreed = False  # some rank received a stop signal (see stop_signals)
-        self._pending = None  # (step, wait) of a sum of loss terms started and not yet finished
+        self._pending = None  # (step, finish) of a sum of loss terms started and not yet finished
         # (step, loss terms summed over the ranks) not yet taken by arrived(): at most the previous
         # step's and this one's (a caller that never takes them, such as a benchmark, keeps no more).
         self.reduced = collections.deque(maxlen=2)
@@ -677,8 +682,8 @@ class Trainer:
 
     def step(self, step: int, wait: bool = True):
         """One optimisation step (1-based ``step``); returns (loss, loss per term, lr), summed over the
-        ranks.  Under MPI with ``wait`` False the sum is only started: the loss and its terms are None,
-        and the sum arrives, with the next step's, through :meth:`finish_losses`."""
+        ranks.  With ``wait`` False the sum is only started (:meth:`_reduce_losses`): the loss and its terms
+        are None, and the sum arrives, with the next step's, through :meth:`finish_losses`."""
         tr = self.cfg.training
         entering = self.schedule.stage_of(step) != self.stage.index
         if entering:
@@ -719,30 +724,36 @@ class Trainer:
             else:
                 self.optimizer.step()
             t4 = time.perf_counter()
-        # The terms summed over ranks, and whether any rank was asked to stop (one reduction for both).
-        local = np.append(parts.detach().double().cpu().numpy(), float(received() > 0))
-        self._reduce_losses(step, local, wait)
+        self._reduce_losses(step, parts, received() > 0, wait)
         self.comm_seconds += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
         if self.reduced and self.reduced[-1][0] == step:
             summed = self.reduced[-1][1]
             return float(summed.sum()), summed, lr
         return None, None, lr
 
-    def _reduce_losses(self, step: int, local: np.ndarray | None, wait: bool) -> None:
-        """Sum a step's loss terms and stop flag (``local``) over the ranks, or only start the sum
-        (``wait`` False under MPI) and finish it at the next step, when it has long arrived: an ordinary
-        step then has no collective that waits for every rank.  The sums arrive in
-        :attr:`reduced` as (step, terms) in step order; ``local`` None finishes a pending sum only."""
+    def _reduce_losses(self, step: int, parts: torch.Tensor | None, stop: bool, wait: bool) -> None:
+        """Sum a step's loss terms ``parts`` and whether a stop was asked for (``stop``) over the ranks
+        (one reduction for both), or, on an ordinary step (``wait`` False), only start it and finish
+        it at the next step, when it has long arrived.  Under MPI the sum is started as a non-blocking
+        reduction, so that no collective waits for every rank on an ordinary step.  On one process
+        the terms are copied on their device and read at the next step, after that step's work is
+        queued: on a GPU a read waits for the device to finish, and a read at every step would keep
+        the host from queueing the next step while the device runs this one.  The sums arrive in
+        :attr:`reduced` as (step, terms) in step order; ``parts`` None finishes a pending sum only."""
         if self._pending is not None:
             done, finish = self._pending
             self._pending = None
             self._summed(done, finish())
-        if local is None:
+        if parts is None:
             return
-        if wait or not self.ctx.parallel:
-            self._summed(step, self.ctx.allreduce(local))
+        if not (wait or self.ctx.parallel):
+            self.stop_agreed = self.stop_agreed or stop  # a stop needs no other rank's word
+            kept = parts.detach().to(torch.float64, copy=True)  # a replayed graph overwrites its output
+            self._pending = (step, lambda: _local(kept, stop))
+        elif wait:
+            self._summed(step, self.ctx.allreduce(_local(parts, stop)))
         else:
-            self._pending = (step, self.ctx.iallreduce(local))
+            self._pending = (step, self.ctx.iallreduce(_local(parts, stop)))
 
     def _summed(self, step: int, summed: np.ndarray) -> None:
         self.stop_agreed = self.stop_agreed or bool(summed[-1] > 0)
@@ -756,7 +767,7 @@ class Trainer:
 
     def finish_losses(self) -> list:
         """:meth:`arrived` after waiting for a pending sum."""
-        self._reduce_losses(0, None, True)
+        self._reduce_losses(0, None, False, True)
         return self.arrived()
 
     def in_lbfgs_phase(self, step: int) -> bool:

@@ -62,7 +62,7 @@ def measure(path: str, overrides: list, compile_: bool, warmup: int, blocks: int
     for b in range(blocks):
         t0 = time.perf_counter()
         for s in range(block):
-            trainer.step(warmup + b * block + s + 1)
+            trainer.step(warmup + b * block + s + 1, wait=False)  # as an ordinary step of a run
         torch.cuda.synchronize()
         times.append((time.perf_counter() - t0) / block * 1e3)
     return {"ms": statistics.median(times), "pairs": trainer.pairs(), "points": trainer.n_points(),

@@ -33,7 +33,7 @@ def time_steps(trainer, warmup: int, blocks: int, block: int, start: int = 1) ->
     for b in range(blocks):
         t0 = time.perf_counter()
         for s in range(block):
-            trainer.step(start + warmup + b * block + s)
+            trainer.step(start + warmup + b * block + s, wait=False)  # as an ordinary step of a run
         times.append((time.perf_counter() - t0) / block * 1e3)
     return times
 

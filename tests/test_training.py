@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fbpinn
-from conftest import make_config
+from conftest import blow_up_at, make_config
 from fbpinn.domains import Box, sample
 
 
@@ -86,6 +86,34 @@ def test_non_finite_loss_stops_with_message(monkeypatch):
     monkeypatch.setattr(Cos1d, "residual", lambda self, x, d: d["u_x"] * math.inf)
     with pytest.raises(fbpinn.TrainingError, match="loss became (inf|nan) at step 1"):
         fbpinn.train(make_config({"name": "cos1d"}, [4], steps=5, points=[30]))
+
+
+def test_an_ordinary_step_reads_its_loss_at_the_next_step(monkeypatch):
+    # On one process an ordinary step (wait False) keeps a copy of its loss terms on the device and
+    # reads it after the next step's work: the sums arrive one step late, each equal to the sum of
+    # a step that waited for its own, and a non-finite loss is named with the step that had it.
+    from fbpinn.trainer import Trainer
+
+    cfg = make_config({"name": "cos1d"}, [4], steps=8, points=[30], dtype="float64")
+    waiting = Trainer(cfg)
+    expected = [waiting.step(s)[1].tolist() for s in range(1, 9)]
+    trainer = Trainer(cfg)
+    assert trainer.step(1, wait=False)[:2] == (None, None) and trainer.arrived() == []
+    got = {}
+    for s in range(2, 9):
+        trainer.step(s, wait=s == 8)
+        arrived = trainer.arrived()
+        assert [n for n, _ in arrived] == ([s - 1, s] if s == 8 else [s - 1])
+        got.update((n, terms.tolist()) for n, terms in arrived)
+    assert [got[s] for s in range(1, 9)] == expected
+
+    blow_up_at(monkeypatch, 3)  # NaN parameters before step 3, an ordinary step
+    started = []
+    original = Trainer.step
+    monkeypatch.setattr(Trainer, "step", lambda self, n, *a, **k: started.append(n) or original(self, n, *a, **k))
+    with pytest.raises(fbpinn.TrainingError, match="loss became nan at step 3"):
+        fbpinn.train(make_config({"name": "cos1d"}, [4], steps=8, points=[30]))
+    assert started == [1, 2, 3, 4]  # found when it is read, after step 4's work
 
 
 @pytest.mark.slow

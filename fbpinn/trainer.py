@@ -146,6 +146,21 @@ def _local(parts: torch.Tensor, stop: bool) -> np.ndarray:
     return np.append(parts.detach().double().cpu().numpy(), float(stop))
 
 
+def fold_constants(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph`` with what it computes from its constants alone computed once, here: a problem's
+    source term at the prepared points, the windows' factors, the points gathered per subdomain.
+    Inductor compiles a traced step's operations on constants into the step, to be done again at
+    every call (six sines per point on the 2-D Laplace problem).  Left as it is if the folding
+    fails: that costs speed, not results."""
+    from torch._inductor.constant_folding import constant_fold
+
+    try:
+        constant_fold(graph)
+    except Exception as e:  # noqa: BLE001 - a private function of torch's that may change
+        logger.debug("the traced step's constants are not folded (%s)", e)
+    return graph
+
+
 def compile_traced(graph: torch.fx.GraphModule, inputs: list, cpp_wrapper: bool):
     """Inductor's program of a traced training step (see :meth:`Trainer._traced_step`), called with
     ``inputs``; ``cpp_wrapper``: its kernels are called from generated C++."""
@@ -639,7 +654,8 @@ class Trainer:
             return parts.detach()
 
         with torch.enable_grad(), traced_for_compiler():
-            return make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=True)(*self._step_inputs())
+            graph = make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=True)(*self._step_inputs())
+        return fold_constants(graph)
 
     def _run_compiled(self, attr: str, impl, args: tuple, what: str, instead: str):
         """``impl(*args)`` compiled by ``torch.compile``, with dynamo tracing ``torch.autograd.grad``;

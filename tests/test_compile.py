@@ -130,6 +130,47 @@ def test_the_traced_step_is_traced_again_for_new_points_and_resumes_exactly(with
         assert torch.equal(a, b)
 
 
+def laplace_trace(cfg) -> torch.fx.GraphModule:
+    trainer = Trainer(cfg)
+    trainer._lr = torch.zeros((), dtype=torch.float64)
+    return trainer._trace()
+
+
+def constants_only(graph: torch.fx.GraphModule) -> list:
+    """The operations of ``graph`` that read none of its inputs, even through other operations."""
+    reads = set(graph.graph.find_nodes(op="placeholder"))
+    for node in graph.graph.nodes:
+        if any(a in reads for a in node.all_input_nodes):
+            reads.add(node)
+    return [n for n in graph.graph.nodes if n.op == "call_function" and n.all_input_nodes and n not in reads]
+
+
+def test_the_traced_step_computes_nothing_from_its_constants_alone(monkeypatch, without_compiler):
+    # The 2-D Laplace problem's source term is six sines of the point coordinates: computed once
+    # when the step is traced, not at every step.  Where the folding fails (a private function of
+    # torch's), the step is traced without it and gives the same numbers.
+    import torch._inductor.constant_folding
+
+    cfg = fbpinn.load_config(data={
+        "problem": {"name": "laplace2d_multiscale"}, "decomposition": {"subdomains": [3, 3], "overlap": 1.9},
+        "network": {"hidden": [8]}, "test": {"points": [10, 10]},
+        "training": {"steps": 5, "points": [12, 12], "dtype": "float64", "compile": True}})
+    folded = laplace_trace(cfg)
+    assert constants_only(folded) == []
+    assert not any(n.target == torch.ops.aten.sin.default for n in folded.graph.nodes)
+    runs = [[t.step(s)[0] for s in range(1, 6)] for t in [Trainer(cfg)]]
+    assert without_compiler == {"traced": 1}
+
+    def fails(graph, constraint_fn=None):
+        raise RuntimeError("cannot fold")
+    monkeypatch.setattr(torch._inductor.constant_folding, "constant_fold", fails)
+    unfolded = laplace_trace(cfg)
+    assert sum(n.target == torch.ops.aten.sin.default for n in constants_only(unfolded)) == 6
+    runs += [[t.step(s)[0] for s in range(1, 6)] for t in [Trainer(cfg)]]
+    assert without_compiler == {"traced": 2}
+    assert runs[0] == pytest.approx(runs[1], rel=1e-12)
+
+
 @pytest.mark.parametrize("broken", [("traced",), ("traced", "_whole_impl"),
                                     ("traced", "_whole_impl", "_gradients_impl")])
 def test_a_failed_compilation_falls_back_a_stage_at_a_time(monkeypatch, without_compiler, caplog, broken):

@@ -148,7 +148,7 @@ def _local(parts: torch.Tensor, stop: bool) -> np.ndarray:
 
 def fold_constants(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """``graph`` with what it computes from its constants alone computed once, here: a problem's
-    source term at the prepared points, the windows' factors, the points gathered per subdomain.
+    source term at the prepared points, the coordinates taken out of the prepared point tensors.
     Inductor compiles a traced step's operations on constants into the step, to be done again at
     every call (six sines per point on the 2-D Laplace problem).  Left as it is if the folding
     fails: that costs speed, not results."""
@@ -156,7 +156,7 @@ def fold_constants(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
     try:
         constant_fold(graph)
-    except Exception as e:  # noqa: BLE001 - a private function of torch's that may change
+    except Exception as e:  # a private function of torch's, which may change
         logger.debug("the traced step's constants are not folded (%s)", e)
     return graph
 

@@ -158,7 +158,8 @@ def test_the_traced_step_computes_nothing_from_its_constants_alone(monkeypatch, 
     folded = laplace_trace(cfg)
     assert constants_only(folded) == []
     assert not any(n.target == torch.ops.aten.sin.default for n in folded.graph.nodes)
-    runs = [[t.step(s)[0] for s in range(1, 6)] for t in [Trainer(cfg)]]
+    trainer = Trainer(cfg)
+    runs = [[trainer.step(s)[0] for s in range(1, 6)]]
     assert without_compiler == {"traced": 1}
 
     def fails(graph, constraint_fn=None):
@@ -166,7 +167,8 @@ def test_the_traced_step_computes_nothing_from_its_constants_alone(monkeypatch, 
     monkeypatch.setattr(torch._inductor.constant_folding, "constant_fold", fails)
     unfolded = laplace_trace(cfg)
     assert sum(n.target == torch.ops.aten.sin.default for n in constants_only(unfolded)) == 6
-    runs += [[t.step(s)[0] for s in range(1, 6)] for t in [Trainer(cfg)]]
+    trainer = Trainer(cfg)
+    runs.append([trainer.step(s)[0] for s in range(1, 6)])
     assert without_compiler == {"traced": 2}
     assert runs[0] == pytest.approx(runs[1], rel=1e-12)
 
